@@ -1,0 +1,26 @@
+# The two set-up commands of the README. Each creates (or reuses) .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 first: it is the CPU build on this disk, and it satisfies the project's range,
+# so the install below adds nothing heavy. Elsewhere pip fetches a matching build.
+$(STAMP): pyproject.toml $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.2,<3"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lldiff darken sample_images out/demo --noise --seed 0 --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest

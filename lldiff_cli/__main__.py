@@ -1,0 +1,3 @@
+from lldiff_cli.cli import app
+
+app(prog_name="lldiff")

@@ -1,0 +1,96 @@
+"""Streaming a folder of images through a per-image job.
+
+The shared engine of ``enhance`` and ``darken``: it lists nothing and prints
+nothing. The caller gives the relative paths, where each input's outputs go and
+what to do with a decoded image; the engine reads the next image while the
+current one is processed, skips inputs whose outputs all exist (so a re-run
+resumes an interrupted batch), records each failure with its reason and goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lldiff_cli.errors import LldiffError
+from lldiff_cli.images import Image, read_image
+
+
+@dataclass
+class BatchReport:
+    """What a batch did: each input is in exactly one of done / skipped / failed."""
+
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / len(self.done) if self.done else 0.0
+
+
+def prepare_output_dir(in_dir: Path, out_dir: Path) -> Path:
+    """Create ``out_dir`` and check it is writable and not the input folder itself."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if in_dir.exists() and out_dir.exists() and in_dir.resolve() == out_dir.resolve():
+        raise LldiffError(f"output folder is the input folder ({out_dir}); "
+                          "choose another folder so the originals are never overwritten")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LldiffError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise LldiffError(f"output folder is not writable: {out_dir}")
+    return out_dir
+
+
+def run_batch(
+    in_dir: Path,
+    rels: list[Path],
+    *,
+    outputs: Callable[[Path], list[Path]],
+    process: Callable[[Path, Image], None],
+    overwrite: bool = False,
+    on_item: Callable[[Path, str], None] | None = None,
+) -> BatchReport:
+    """Run ``process(rel, image)`` for every input ``in_dir / rel``.
+
+    ``outputs(rel)`` lists the files an input produces; when all exist and
+    ``overwrite`` is False the input is skipped without being decoded.
+    ``on_item(rel, status)`` is called after each input with "done", "skipped"
+    or "failed: <reason>". Exceptions other than LldiffError (and OSError from
+    writing) propagate: they are bugs, not bad input.
+    """
+    report = BatchReport()
+    start = time.perf_counter()
+    todo = []
+    for rel in rels:
+        if not overwrite and all(p.exists() for p in outputs(rel)):
+            report.skipped.append(rel)
+            if on_item:
+                on_item(rel, "skipped")
+        else:
+            todo.append(rel)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lldiff-read") as pool:
+        pending = pool.submit(read_image, Path(in_dir) / todo[0]) if todo else None
+        for i, rel in enumerate(todo):
+            current = pending
+            pending = pool.submit(read_image, Path(in_dir) / todo[i + 1]) if i + 1 < len(todo) else None
+            try:
+                process(rel, current.result())
+            except (LldiffError, OSError) as exc:
+                reason = exc.reason if hasattr(exc, "reason") else str(exc)
+                report.failed.append((rel, reason))
+                if on_item:
+                    on_item(rel, f"failed: {reason}")
+                continue
+            report.done.append(rel)
+            if on_item:
+                on_item(rel, "done")
+    report.seconds = time.perf_counter() - start
+    return report

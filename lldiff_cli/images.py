@@ -1,0 +1,263 @@
+"""Listing, reading and writing images: the one tensor convention of lldiff.
+
+Every image inside lldiff is a float32 RGB tensor of shape 1x3xHxW with values in
+[0, 1]. Conversion happens only here, at the edges:
+
+* reading applies the EXIF orientation, expands greyscale / palette / CMYK to RGB,
+  keeps an alpha channel apart (1x1xHxW, [0, 1]) and remembers the bit depth
+  (8 or 16) so a 16-bit input can be written back as 16-bit;
+* writing goes to a temporary name in the target folder and is renamed into place,
+  so a killed run never leaves a half-written image behind.
+
+Unreadable files raise :class:`ImageReadError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lldiff_cli.errors import ImageReadError, LldiffError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Output formats a user may ask for with --format, and the extension each writes.
+FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "bmp": ".bmp",
+           "tif": ".tif", "tiff": ".tif", "webp": ".webp"}
+_ALPHA_FORMATS = (".png", ".tif", ".tiff", ".webp")
+_SIXTEEN_BIT_FORMATS = (".png", ".tif", ".tiff")
+# Pillow refuses images above ~179 Mpx as "decompression bombs". lldiff never
+# downscales silently; it allows up to 1 Gpx and tiles inside the model instead.
+MAX_PIXELS = 1 << 30
+
+
+@dataclass
+class Image:
+    """A decoded image.
+
+    rgb: float32 tensor 1x3xHxW in [0, 1].
+    alpha: float32 tensor 1x1xHxW in [0, 1], or None when the file has none.
+    bit_depth: 8 or 16, the depth of the stored samples.
+    """
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None = None
+    bit_depth: int = 8
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return int(self.rgb.shape[-2]), int(self.rgb.shape[-1])
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(root: Path, recursive: bool = False) -> list[Path]:
+    """Image files under ``root`` as paths relative to it, sorted.
+
+    Files with other extensions and hidden files (our own temporary files among
+    them) are skipped quietly. Raises LldiffError when ``root`` is not a readable folder.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise LldiffError(f"input folder does not exist: {root}")
+    if not root.is_dir():
+        raise LldiffError(f"input is not a folder: {root}")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise LldiffError(f"input folder is not readable: {root}")
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    files = [p.relative_to(root) for p in pattern if p.is_file() and is_image_file(p)]
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+def read_image(path: Path) -> Image:
+    """Decode ``path`` into an :class:`Image`. Raises ImageReadError on any failure."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageReadError(path, exc.strerror or str(exc)) from None
+    if size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    try:
+        array, bit_depth = _decode(path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # Pillow and OpenCV raise many types for bad data
+        raise ImageReadError(path, _describe(exc)) from None
+    return _to_image(array, bit_depth)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    if "cannot identify image file" in text:
+        return "not a recognised image format (corrupt, or not an image despite its name)"
+    if "truncated" in text.lower():
+        return "truncated image data"
+    return f"cannot decode ({type(exc).__name__}: {text})"
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """Return an HxWxC array (C in 1..4, RGB(A) order) and its bit depth."""
+    from PIL import Image as PILImage, ImageOps
+
+    PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with PILImage.open(path) as im:
+        im.load()  # decode now so truncation errors surface here
+        orientation = im.getexif().get(0x0112, 1)
+        sixteen = _is_sixteen_bit(path, im)
+        if not sixteen:
+            im = ImageOps.exif_transpose(im)
+            return _pil_to_array(im), 8
+    # Pillow cannot hold 16-bit colour; OpenCV can. Orientation applied by hand.
+    import cv2
+
+    data = np.fromfile(path, dtype=np.uint8)
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ImageReadError(path, "cannot decode 16-bit image")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    elif array.shape[2] == 3:
+        array = array[:, :, ::-1]
+    elif array.shape[2] == 4:
+        array = array[:, :, [2, 1, 0, 3]]
+    array = _apply_orientation(np.ascontiguousarray(array), orientation)
+    if array.dtype != np.uint16:
+        return array, 8
+    return array, 16
+
+
+def _is_sixteen_bit(path: Path, im) -> bool:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return True
+    if path.suffix.lower() == ".png" and im.format == "PNG":
+        # IHDR bit depth: byte 24 of the file. Pillow reduces 16-bit RGB(A) to 8 bits.
+        with open(path, "rb") as fh:
+            head = fh.read(25)
+        return len(head) == 25 and head[24] == 16
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258) if hasattr(im, "tag_v2") else None
+        return bool(bits) and max(bits if isinstance(bits, tuple) else (bits,)) == 16
+    return False
+
+
+def _pil_to_array(im) -> np.ndarray:
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        return np.asarray(im.convert("RGBA"))
+    if im.mode in ("1", "L"):
+        return np.asarray(im.convert("L"))[:, :, None]
+    return np.asarray(im.convert("RGB"))  # RGB, CMYK, YCbCr, P, F ...
+
+
+def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation tag (1..8) to an HxWxC array."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1),
+    }
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(array)) if op else array
+
+
+def _to_image(array: np.ndarray, bit_depth: int) -> Image:
+    scale = 65535.0 if bit_depth == 16 else 255.0
+    data = torch.from_numpy(array.astype(np.float32) / scale).permute(2, 0, 1).unsqueeze(0)
+    channels = data.shape[1]
+    alpha = None
+    if channels in (2, 4):
+        alpha = data[:, -1:].contiguous()
+        data = data[:, :-1]
+    if data.shape[1] == 1:
+        data = data.expand(-1, 3, -1, -1)
+    return Image(rgb=data.contiguous(), alpha=alpha, bit_depth=bit_depth)
+
+
+def to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """1x3xHxW (or 3xHxW) float in [0, 1] -> HxWx3 uint8, rounded as a saved image is."""
+    if rgb.dim() == 4:
+        rgb = rgb[0]
+    arr = rgb.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return arr.permute(1, 2, 0).cpu().numpy()
+
+
+def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None,
+                bit_depth: int = 8) -> None:
+    """Write ``rgb`` (1x3xHxW in [0, 1]) atomically; the format follows the extension.
+
+    Alpha is kept for PNG, TIFF and WebP and dropped elsewhere. ``bit_depth=16``
+    writes 16-bit samples for PNG and TIFF and falls back to 8 bits for the others.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        raise LldiffError(f"cannot write {path}: unknown image extension {suffix!r}; "
+                          f"allowed: {', '.join(IMAGE_EXTENSIONS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    planes = rgb[0] if rgb.dim() == 4 else rgb
+    if alpha is not None and suffix in _ALPHA_FORMATS:
+        a = alpha[0] if alpha.dim() == 4 else alpha
+        planes = torch.cat([planes, a], dim=0)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        if bit_depth == 16 and suffix in _SIXTEEN_BIT_FORMATS:
+            _write16(tmp, planes)
+        else:
+            _write8(tmp, planes, suffix)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write8(tmp: str, planes: torch.Tensor, suffix: str) -> None:
+    from PIL import Image as PILImage
+
+    arr = planes.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    arr = arr.permute(1, 2, 0).cpu().numpy()
+    mode = "RGBA" if arr.shape[2] == 4 else "RGB"
+    im = PILImage.fromarray(arr, mode)
+    options = {}
+    if suffix in (".jpg", ".jpeg"):
+        options = {"quality": 95, "subsampling": 0}
+    elif suffix == ".webp":
+        options = {"lossless": True}
+    im.save(tmp, format=_PIL_FORMAT[suffix], **options)
+
+
+_PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
+               ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+
+
+def _write16(tmp: str, planes: torch.Tensor) -> None:
+    import cv2
+
+    arr = planes.detach().float().clamp(0, 1).mul(65535).round().to(torch.int32)
+    arr = arr.permute(1, 2, 0).cpu().numpy().astype(np.uint16)
+    arr = arr[:, :, [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[:, :, ::-1]
+    if not cv2.imwrite(tmp, np.ascontiguousarray(arr)):
+        raise LldiffError(f"OpenCV could not write {tmp}")
+
+
+def output_path(out_root: Path, rel: Path, fmt: str | None = None) -> Path:
+    """Where the output for input ``rel`` goes: the same relative path, extension
+    replaced when ``fmt`` names a format."""
+    target = Path(out_root) / rel
+    if fmt:
+        key = fmt.lower().lstrip(".")
+        if key not in FORMATS:
+            raise LldiffError(f"unknown output format {fmt!r}; allowed: {', '.join(sorted(FORMATS))}")
+        target = target.with_suffix(FORMATS[key])
+    return target
