@@ -1,0 +1,140 @@
+"""Typed configuration: dataclasses filled from YAML (safe_load) and ``key=value`` overrides.
+
+Unknown keys and values of the wrong type are errors that name the key, the value and
+what was expected. Nested dataclasses map to nested YAML mappings; ``a.b=3`` overrides
+field ``b`` of section ``a``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from lldiff_cli.errors import LldiffError
+
+
+def from_dict(cls, data: Any, where: str = ""):
+    """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise LldiffError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise LldiffError(f"unknown config key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(_join(where, k) for k in unknown)}; allowed: {', '.join(sorted(names))}")
+    values = {k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()}
+    return cls(**values)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except LldiffError as exc:
+                errors.append(str(exc))
+        raise LldiffError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if tp is Any:
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise LldiffError(f"{where}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(arg, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise LldiffError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise LldiffError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise LldiffError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise LldiffError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise LldiffError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(path: Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise LldiffError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise LldiffError(f"{path}: not valid YAML ({exc})") from None
+    return data or {}
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` strings (values parsed as YAML scalars) to a nested mapping."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise LldiffError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(cls, path: Path | None, overrides: list[str] = ()):
+    data = load_yaml(path) if path is not None else {}
+    return from_dict(cls, apply_overrides(data, list(overrides)))
+
+
+def dump_yaml(data: dict, path: Path) -> None:
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(data, fh, sort_keys=False)
+    os.replace(tmp, path)

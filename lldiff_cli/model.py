@@ -1,0 +1,334 @@
+"""WaveletDiffusion: the one model core shared by enhance, train and eval.
+
+Data path of ``enhance`` (DiffLL, Jiang et al. 2023, with AnlightenDiff's anchoring):
+
+    dark image [0, 1] -> [-1, 1] -> K-level Haar DWT
+      lowest band (scaled by 2**-K, so it stays in [-1, 1])
+        -> AnchorNet: deterministic estimate of the enhanced band (the DRDA anchor), and the
+           exposure estimate when none is given
+        -> conditional UNet, few-step DDIM started at the anchor (DRDS), conditioned on the
+           dark band, the anchor and the target exposure
+      detail bands of each level, coarse to fine
+        -> HFRM, guided by the restored and the dark low band of that level
+    -> inverse DWT -> [0, 1]
+
+``levels: 0`` is plain pixel-space conditional diffusion (SR3 / Palette) from the same class.
+
+The constructor takes plain values only, so a checkpoint's ``config`` rebuilds the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lldiff_cli import schedule as S
+from lldiff_cli.errors import LldiffError
+from lldiff_cli.networks import HFRM, AnchorNet, UNet
+from lldiff_cli.wavelet import dwt2, idwt2
+
+PREDICTIONS = ("eps", "x0")
+
+
+@dataclass
+class ModelConfig:
+    """Every constructor argument of :class:`WaveletDiffusion`, as plain values."""
+
+    levels: int = 2
+    unet: dict = field(default_factory=lambda: {"width": 32, "channel_mults": [1, 2, 2],
+                                                "blocks_per_level": 1, "attention_levels": [2],
+                                                "dropout": 0.0})
+    hfrm: dict = field(default_factory=lambda: {"width": 24, "dilations": [1, 2, 4, 2, 1], "heads": 2})
+    anchor: Optional[dict] = field(default_factory=lambda: {"width": 16, "channel_mults": [1, 2, 4]})
+    schedule: dict = field(default_factory=lambda: {"kind": "linear", "timesteps": 1000,
+                                                    "beta_start": 1e-4, "beta_end": 0.02})
+    prediction: str = "x0"
+    # Sampler defaults, used when enhance() is not told otherwise.
+    steps: int = 4
+    eta: float = 0.0
+    spacing: str = "trailing"
+    start_noise: float = 1.0
+    clip: Optional[float] = 1.0
+
+    def validate(self) -> "ModelConfig":
+        if not 0 <= self.levels <= 4:
+            raise LldiffError(f"levels must be 0..4, got {self.levels}")
+        if self.prediction not in PREDICTIONS:
+            raise LldiffError(f"unknown prediction {self.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+        S.ddim_timesteps(self.schedule.get("timesteps", 1000), self.steps, self.spacing)
+        return self
+
+
+class WaveletDiffusion(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config.validate()
+        c = 3
+        use_anchor = config.anchor is not None
+        unet_args = {k: tuple(v) if isinstance(v, list) else v for k, v in config.unet.items()}
+        # Inputs: the noisy band, the dark band, and the anchor when there is one.
+        self.unet = UNet(in_channels=c * (3 if use_anchor else 2), out_channels=c, num_scalars=1, **unet_args)
+        self.anchor_net = (AnchorNet(channels=c, **{k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in config.anchor.items()})
+                           if use_anchor else None)
+        hfrm_args = {k: tuple(v) if isinstance(v, list) else v for k, v in config.hfrm.items()}
+        self.hfrms = nn.ModuleList([HFRM(image_channels=c, guide_channels=2 * c, **hfrm_args)
+                                    for _ in range(config.levels)])
+        self.schedule = S.make_schedule(**config.schedule)
+        # Exposure head when there is no anchor net: the same global-statistics regressor.
+        if not use_anchor:
+            self.exposure_head = nn.Sequential(nn.Linear(2 * c, 32), nn.SiLU(), nn.Linear(32, 1))
+
+    # --- shapes -------------------------------------------------------------------
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width must be divisible by this (tiling pads to it)."""
+        inner = self.unet.multiple
+        if self.anchor_net is not None:
+            inner = max(inner, self.anchor_net.multiple)
+        return (2 ** self.config.levels) * inner
+
+    def decompose(self, image: torch.Tensor):
+        """[0, 1] image -> (lowest band scaled to [-1, 1], [LL_k / 2**k for k < K], [high_1..high_K])."""
+        x = image * 2 - 1
+        lls, highs = [x], []
+        for _ in range(self.config.levels):
+            ll, high = dwt2(lls[-1])
+            lls.append(ll)
+            highs.append(high)
+        scaled = [ll / (2 ** k) for k, ll in enumerate(lls)]
+        return scaled[-1], scaled, highs
+
+    def reconstruct(self, band: torch.Tensor, highs: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of decompose with the given detail bands: -> [0, 1] image (not clamped)."""
+        ll = band * (2 ** self.config.levels)
+        for high in reversed(highs):
+            ll = idwt2(ll, high)
+        return (ll + 1) / 2
+
+    # --- pieces -------------------------------------------------------------------
+
+    def estimate_exposure(self, dark_band: torch.Tensor) -> torch.Tensor:
+        if self.anchor_net is not None:
+            return self.anchor_net.estimate_exposure(dark_band)
+        stats = torch.cat([dark_band.mean(dim=(2, 3)), dark_band.flatten(2).std(dim=2)], dim=1)
+        return torch.sigmoid(self.exposure_head(stats)).squeeze(1)
+
+    @torch.no_grad()
+    def auto_exposure(self, image: torch.Tensor, max_side: int = 600) -> torch.Tensor:
+        """The exposure estimate for a whole image (Nx3xHxW, [0, 1], any size), from a copy
+        shrunk to at most ``max_side`` pixels a side: tiles of one photo share it."""
+        h, w = image.shape[-2:]
+        scale = min(1.0, max_side / max(h, w))
+        m = 2 ** self.config.levels
+        size = (max(m, round(h * scale / m) * m), max(m, round(w * scale / m) * m))
+        small = F.interpolate(image, size=size, mode="area")
+        return self.estimate_exposure(self.decompose(small)[0])
+
+    def make_anchor(self, dark_band: torch.Tensor, exposure: torch.Tensor) -> Optional[torch.Tensor]:
+        return None if self.anchor_net is None else self.anchor_net(dark_band, exposure)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, dark_band: torch.Tensor,
+                anchor: Optional[torch.Tensor], exposure: torch.Tensor) -> torch.Tensor:
+        """The network's eps* for x_t (converted from an x_0 prediction when prediction == 'x0')."""
+        inputs = [x_t, dark_band] + ([anchor] if anchor is not None else [])
+        out = self.unet(torch.cat(inputs, dim=1), t, exposure[:, None])
+        if self.config.prediction == "eps":
+            return out
+        return S.eps_from_x0(self.schedule, x_t, t, out)
+
+    def restore_details(self, band: torch.Tensor, dark_lls: list[torch.Tensor],
+                        dark_highs: list[torch.Tensor], guide_lls: Optional[list[torch.Tensor]] = None):
+        """Restore the detail bands coarse to fine. ``band``: the restored lowest band ([-1, 1]).
+
+        Returns the restored [high_1..high_K]. In training, ``guide_lls`` (the true low bands,
+        scaled) replace the reconstruction as the guide (teacher forcing).
+        """
+        levels = self.config.levels
+        restored = [None] * levels
+        ll = band
+        for k in reversed(range(levels)):  # k = K-1 .. 0; level k+1's bands are dark_highs[k]
+            guide = guide_lls[k + 1] if guide_lls is not None else ll
+            high = self.hfrms[k](dark_highs[k], torch.cat([guide, dark_lls[k + 1]], dim=1))
+            restored[k] = high
+            ll = idwt2(guide * (2 ** (k + 1)), high) / (2 ** k)
+        return restored
+
+    # --- inference ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def enhance(self, dark: torch.Tensor, *, steps: Optional[int] = None, eta: Optional[float] = None,
+                seed: int = 0, exposure: Optional[float | torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """dark: Nx3xHxW in [0, 1] (H, W divisible by ``multiple``) -> enhanced, same shape, [0, 1].
+
+        ``exposure``: the target mean grey level in (0, 1), or None for the model's estimate.
+        The output is a function of (input, steps, eta, seed, exposure).
+        """
+        cfg = self.config
+        steps = cfg.steps if steps is None else steps
+        eta = cfg.eta if eta is None else eta
+        h, w = dark.shape[-2:]
+        if h % self.multiple or w % self.multiple:
+            raise LldiffError(f"input {h}x{w} must be divisible by {self.multiple}; pad it first (tiling.pad)")
+        if generator is None:
+            generator = torch.Generator(device=dark.device).manual_seed(int(seed))
+        band, lls, highs = self.decompose(dark)
+        n = dark.shape[0]
+        if exposure is None:
+            e = self.estimate_exposure(band)
+        else:
+            e = torch.as_tensor(exposure, dtype=band.dtype, device=band.device).reshape(-1).expand(n)
+            if not ((e > 0) & (e < 1)).all():
+                raise LldiffError(f"exposure must be in (0, 1), got {exposure}")
+        anchor = self.make_anchor(band, e)
+        timesteps = S.ddim_timesteps(self.schedule.num_timesteps, steps, cfg.spacing)
+        x = S.start_state(self.schedule, timesteps[0], band.shape, anchor=anchor, noise_scale=cfg.start_noise,
+                          generator=generator, device=band.device, dtype=band.dtype)
+        restored = S.ddim_sample(self.schedule, lambda x_t, t: self.denoise(x_t, t, band, anchor, e),
+                                 x, timesteps, eta=eta, generator=generator, anchor=anchor, clip=cfg.clip)
+        details = self.restore_details(restored, lls, highs)
+        return self.reconstruct(restored, details).clamp(0, 1)
+
+    # --- training -----------------------------------------------------------------
+
+    def loss(self, dark: torch.Tensor, bright: torch.Tensor, *, generator: Optional[torch.Generator] = None):
+        """Named loss terms (unweighted) for one batch of pairs, Nx3xHxW in [0, 1].
+
+        noise     MSE between predicted and true eps* (DDPM's simple loss)
+        x0        L1 of the x_0 estimate of the low band (DiffLL's low-frequency consistency)
+        anchor    L1 of the anchor against the true low band
+        exposure  L1 of the exposure estimate against the true mean grey level
+        detail    L1 of the restored detail bands (HFRM)
+        tv        total variation of the restored detail bands' error
+        content   L1 + (1 - SSIM) of the image rebuilt from the x_0 estimate and restored details
+        dfpl      AnlightenDiff's image-level loss: L1 between images rebuilt from x_t made with
+                  the true and with the predicted noise
+        """
+        band_d, lls_d, highs_d = self.decompose(dark)
+        band_b, lls_b, highs_b = self.decompose(bright)
+        n = dark.shape[0]
+        exposure = bright.mean(dim=(1, 2, 3))
+        terms = {"exposure": F.l1_loss(self.estimate_exposure(band_d), exposure)}
+        anchor = self.make_anchor(band_d, exposure)
+        if anchor is not None:
+            terms["anchor"] = F.l1_loss(anchor, band_b)
+            anchor = anchor.detach()
+        t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=generator, device=dark.device)
+        noise = torch.randn(band_b.shape, generator=generator, device=dark.device)
+        x_t = S.q_sample(self.schedule, band_b, t, noise, anchor)
+        target = S.target_noise(self.schedule, t, noise, anchor)
+        inputs = [x_t, band_d] + ([anchor] if anchor is not None else [])
+        out = self.unet(torch.cat(inputs, dim=1), t, exposure[:, None])
+        if self.config.prediction == "eps":
+            eps = out
+            x0 = S.predict_x0(self.schedule, x_t, t, eps).clamp(-1, 1)
+        else:
+            x0 = out
+            eps = S.eps_from_x0(self.schedule, x_t, t, x0)
+        terms["noise"] = F.mse_loss(eps, target) if self.config.prediction == "eps" else \
+            F.mse_loss(eps.clamp(-10, 10), target)
+        terms["x0"] = F.l1_loss(x0, band_b)
+        details = self.restore_details(band_b, lls_d, highs_d, guide_lls=lls_b)
+        if details:
+            terms["detail"] = sum(F.l1_loss(d, h) for d, h in zip(details, highs_b)) / len(details)
+            terms["tv"] = sum(total_variation(d - h) for d, h in zip(details, highs_b)) / len(details)
+        image = self.reconstruct(x0, details)
+        terms["content"] = F.l1_loss(image, bright) + (1 - ssim_torch(image.clamp(0, 1), bright))
+        # DFPL: x_t rebuilt from the predicted noise vs the true one, compared as images.
+        eps_plain_pred = eps - (target - noise)
+        x_t_pred = S.q_sample(self.schedule, band_b, t, eps_plain_pred, anchor)
+        terms["dfpl"] = F.l1_loss(self.reconstruct(x_t_pred, highs_b), self.reconstruct(x_t, highs_b))
+        return terms
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def ssim_torch(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Differentiable SSIM (Gaussian window) of Nx3xHxW images in [0, 1], for the training loss.
+
+    The scoring SSIM lives in metrics.py; this one only needs to be a good gradient. It runs
+    in float32 even under autocast: the variances are small differences of squares.
+    """
+    with torch.autocast(a.device.type, enabled=False):
+        return _ssim_fp32(a.float(), b.float(), window, sigma)
+
+
+def _ssim_fp32(a: torch.Tensor, b: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
+    c = a.shape[1]
+    coords = torch.arange(window, dtype=a.dtype, device=a.device) - window // 2
+    g = torch.exp(-(coords ** 2) / (2 * sigma ** 2))
+    g = (g / g.sum())
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
+    if min(a.shape[-2:]) < window:
+        return torch.ones((), device=a.device)
+
+    def filt(x):
+        return F.conv2d(x, kernel, groups=c)
+
+    mu_a, mu_b = filt(a), filt(b)
+    var_a = filt(a * a) - mu_a ** 2
+    var_b = filt(b * b) - mu_b ** 2
+    cov = filt(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.mean()
+
+
+# --- checkpoints --------------------------------------------------------------------
+
+
+def save_checkpoint(model: WaveletDiffusion, path: Path, extra: Optional[dict] = None) -> None:
+    """Write weights + config atomically to ``path`` (.pt); loadable with weights_only=True."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": "lldiff-checkpoint-1", "config": asdict(model.config),
+               "state_dict": model.state_dict(), **(extra or {})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LldiffError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise LldiffError(f"{path}: not a readable lldiff checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != "lldiff-checkpoint-1":
+        raise LldiffError(f"{path}: not an lldiff checkpoint (no 'format: lldiff-checkpoint-1' record)")
+    return payload
+
+
+def model_from_checkpoint(payload: dict, *, weights: str = "ema", source: str = "checkpoint") -> WaveletDiffusion:
+    """Rebuild the model from a checkpoint dict (``weights``: 'ema' when present, else 'model')."""
+    try:
+        config = ModelConfig(**payload["config"])
+    except TypeError as exc:
+        raise LldiffError(f"{source}: model config does not match this lldiff version ({exc})") from None
+    model = WaveletDiffusion(config)
+    state = payload.get("ema_state_dict") if weights == "ema" and "ema_state_dict" in payload else payload["state_dict"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise LldiffError(f"{source}: weights do not fit the model the config describes ({first})") from None
+    return model.eval()

@@ -1,0 +1,89 @@
+"""HFRM, the high-frequency restoration module of DiffLL (Jiang et al., TOG 2023, sec. 3.3).
+
+It restores the three detail bands of one wavelet level of a dark image. Our version:
+
+* depthwise-separable convolutions throughout (cheap at full band resolution);
+* cross-attention that lets the vertical and horizontal bands complement the diagonal one:
+  queries from the diagonal (HH) features, keys and values from the LH + HL features. The
+  attention runs across channels (a CxC map, Restormer-style), so its cost is linear in
+  the number of pixels;
+* a body of residual blocks whose dilations rise and fall (1, 2, 4, 2, 1 by default), so
+  the receptive field grows without the gridding artefacts of stacked equal dilations.
+
+A guide (for example the restored low band at this level and the dark one) tells it how
+much to amplify: the detail of a dark image is dark too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DSConv(nn.Module):
+    """Depthwise 3x3 (optionally dilated) then pointwise 1x1."""
+
+    def __init__(self, *, in_ch: int, out_ch: int, dilation: int = 1):
+        super().__init__()
+        self.depth = nn.Conv2d(in_ch, in_ch, 3, padding=dilation, dilation=dilation, groups=in_ch)
+        self.point = nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.point(self.depth(x))
+
+
+class DSResBlock(nn.Module):
+    def __init__(self, *, channels: int, dilation: int):
+        super().__init__()
+        self.conv1 = DSConv(in_ch=channels, out_ch=channels, dilation=dilation)
+        self.conv2 = DSConv(in_ch=channels, out_ch=channels, dilation=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.gelu(self.conv1(x)))
+
+
+class ChannelCrossAttention(nn.Module):
+    """Queries from ``x`` attend over the channels of ``context`` (transposed attention)."""
+
+    def __init__(self, *, channels: int, heads: int = 2):
+        super().__init__()
+        self.heads = heads if channels % heads == 0 else 1
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Conv2d(channels, 2 * channels, 1)
+        self.temperature = nn.Parameter(torch.ones(self.heads, 1, 1))
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q = self.q(x).reshape(n, self.heads, c // self.heads, h * w)
+        k, v = self.kv(context).reshape(n, 2, self.heads, c // self.heads, h * w).unbind(1)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        attn = (q @ k.transpose(-1, -2) * self.temperature).softmax(dim=-1)
+        return x + self.proj((attn @ v).reshape(n, c, h, w))
+
+
+class HFRM(nn.Module):
+    """high: Nx3CxHxW bands [LH, HL, HH] (C channels each), guide: NxGxHxW -> restored Nx3CxHxW."""
+
+    def __init__(self, *, image_channels: int = 3, guide_channels: int = 6, width: int = 32,
+                 dilations: tuple[int, ...] = (1, 2, 4, 2, 1), heads: int = 2):
+        super().__init__()
+        c = image_channels
+        self.c = c
+        self.embed_hv = DSConv(in_ch=2 * c + guide_channels, out_ch=width)
+        self.embed_d = DSConv(in_ch=c + guide_channels, out_ch=width)
+        self.cross = ChannelCrossAttention(channels=width, heads=heads)
+        self.fuse = nn.Conv2d(2 * width, width, 1)
+        self.body = nn.Sequential(*[DSResBlock(channels=width, dilation=d) for d in dilations])
+        self.out = nn.Conv2d(width, 3 * c, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, high: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        c = self.c
+        hv = self.embed_hv(torch.cat([high[:, :2 * c], guide], dim=1))
+        d = self.embed_d(torch.cat([high[:, 2 * c:], guide], dim=1))
+        d = self.cross(d, hv)
+        feats = self.body(self.fuse(torch.cat([hv, d], dim=1)))
+        return high + self.out(feats)
