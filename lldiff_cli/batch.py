@@ -53,15 +53,15 @@ def run_batch(
     in_dir: Path,
     rels: list[Path],
     *,
-    outputs: Callable[[Path], list[Path]],
+    is_done: Callable[[Path], bool],
     process: Callable[[Path, Image], None],
     overwrite: bool = False,
     on_item: Callable[[Path, str], None] | None = None,
 ) -> BatchReport:
     """Run ``process(rel, image)`` for every input ``in_dir / rel``.
 
-    ``outputs(rel)`` lists the files an input produces; when all exist and
-    ``overwrite`` is False the input is skipped without being decoded.
+    ``is_done(rel)`` says whether an input's outputs are all in place; such an
+    input is skipped without being decoded unless ``overwrite``.
     ``on_item(rel, status)`` is called after each input with "done", "skipped"
     or "failed: <reason>". Exceptions other than LldiffError (and OSError from
     writing) propagate: they are bugs, not bad input.
@@ -70,7 +70,7 @@ def run_batch(
     start = time.perf_counter()
     todo = []
     for rel in rels:
-        if not overwrite and all(p.exists() for p in outputs(rel)):
+        if not overwrite and is_done(rel):
             report.skipped.append(rel)
             if on_item:
                 on_item(rel, "skipped")

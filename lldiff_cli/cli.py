@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="lldiff",
@@ -34,7 +35,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; 
 
 def fail(message: str, code: int = 2) -> None:
     """Print one clear error line and exit."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -67,7 +68,8 @@ def batch_progress(total: int, description: str, quiet: bool):
 
     def on_item(rel: Path, status: str) -> None:
         if status.startswith("failed"):
-            progress.console.print(f"[red]failed[/] {rel}: {status.split(': ', 1)[1]}", highlight=False)
+            progress.console.print(f"[red]failed[/] {escape(str(rel))}: {escape(status.split(': ', 1)[1])}",
+                                   highlight=False, soft_wrap=True)
         progress.advance(task)
         elapsed = progress.tasks[0].elapsed or 0.0
         done = progress.tasks[0].completed
@@ -85,21 +87,347 @@ def report_batch(report, what: str) -> None:
         line += f" ({report.seconds_per_image:.2f} s per image)"
     console.print(line, highlight=False)
     for rel, reason in report.failed:
-        console.print(f"  [red]failed[/] {rel}: {reason}", highlight=False)
+        console.print(f"  [red]failed[/] {escape(str(rel))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if report.failed:
         raise typer.Exit(1)
 
 
 # --- darken -------------------------------------------------------------------
 
+from enum import Enum  # noqa: E402  (kept in this section; the core imports stay lazy)
+
+
+class DarkenMode(str, Enum):
+    lv = "lv"
+    scale = "scale"
+
+
+def _range(text: str, option: str) -> tuple[float, float]:
+    """'MIN,MAX' (or one number: a fixed value) -> (MIN, MAX)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        fail(f"{option} takes MIN,MAX or one number, got {text!r}")
+    return values[0], values[-1]
+
+
+@app.command("darken")
+def darken(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of normal-light photos (or the sources, with --from-manifest).", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Gets low/, high/ (matching names), steps/ with --progressive, and manifest.jsonl.", show_default=False)],
+    mode: Annotated[DarkenMode, typer.Option(help="lv: beta * (alpha * x) ** gamma (Lv et al.); scale: factor * x.")] = DarkenMode.lv,
+    alpha: Annotated[Optional[str], typer.Option(metavar="MIN,MAX", help="Range of alpha, lv mode (default 0.9,1).")] = None,
+    beta: Annotated[Optional[str], typer.Option(metavar="MIN,MAX", help="Range of beta, lv mode (default 0.5,1).")] = None,
+    gamma: Annotated[Optional[str], typer.Option(metavar="MIN,MAX", help="Range of gamma, lv mode (default 1.5,5).")] = None,
+    factor: Annotated[Optional[float], typer.Option(help="Brightness factor, scale mode (default 0.5).")] = None,
+    progressive: Annotated[bool, typer.Option("--progressive", help="Also write the darkening as a T-step process: steps/DIR/NAME_t01.EXT ... NAME_tT.EXT; step T is the low image before noise.")] = False,
+    steps: Annotated[Optional[int], typer.Option(help="T, the number of steps of --progressive (default 10).")] = None,
+    noise: Annotated[bool, typer.Option("--noise", help="Add sensor noise: Poisson shot noise and Gaussian read noise in linear light.")] = False,
+    gain: Annotated[Optional[str], typer.Option(metavar="MIN,MAX", help="--noise system gain, full scale per electron, log-uniform (default 0.00025,0.0025).")] = None,
+    read_noise: Annotated[Optional[str], typer.Option(metavar="MIN,MAX", help="--noise read-noise std, in full scale, log-uniform (default 0.0005,0.005).")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; an image's parameters depend only on it and the image's relative path.")] = 0,
+    from_manifest: Annotated[Optional[Path], typer.Option("--from-manifest", metavar="MANIFEST", help="Rebuild the dataset a manifest.jsonl describes from the sources in IN_DIR; every parameter comes from the manifest.")] = None,
+    recursive: RecursiveOpt = False,
+    fmt: FormatOpt = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make paired low-light data from normal-light photos.
+
+    Writes OUT_DIR/low and OUT_DIR/high with matching names.
+    OUT_DIR/manifest.jsonl has one record per image: every parameter drawn, the seeds.
+    --from-manifest rebuilds the same dataset from it.
+    """
+    ranges = {"--alpha": alpha, "--beta": beta, "--gamma": gamma}
+    given = [name for name, value in ranges.items() if value is not None]
+    if mode is DarkenMode.scale and given:
+        fail(f"{', '.join(given)} apply to --mode lv; --mode scale takes --factor")
+    if mode is DarkenMode.lv and factor is not None:
+        fail("--factor applies to --mode scale; --mode lv takes --alpha, --beta, --gamma")
+    if steps is not None and not progressive:
+        fail("--steps needs --progressive")
+    if not noise and (gain is not None or read_noise is not None):
+        fail("--gain and --read-noise need --noise")
+    if from_manifest is not None and (given or factor is not None or progressive or noise
+                                      or mode is not DarkenMode.lv or fmt or recursive):
+        fail("--from-manifest takes every setting from the manifest; drop the darkening, "
+             "--format and --recursive options")
+
+    with user_errors():
+        from lldiff_cli import darken as core
+        from lldiff_cli.batch import prepare_output_dir
+
+        try:
+            if from_manifest is not None:
+                records = list(core.read_manifest(from_manifest).values())
+                if not in_dir.is_dir():
+                    fail(f"input folder does not exist: {in_dir}")
+            else:
+                lv = core.LvRanges(**{name[2:]: _range(value, name)
+                                      for name, value in ranges.items() if value is not None})
+                noise_ranges = None
+                if noise:
+                    noise_ranges = core.NoiseRanges(**{
+                        key: _range(value, name) for key, name, value in
+                        (("gain", "--gain", gain), ("read_noise", "--read-noise", read_noise))
+                        if value is not None})
+                settings = core.DarkenSettings(
+                    mode=mode.value, lv=lv, factor=0.5 if factor is None else factor,
+                    progressive=progressive, steps=10 if steps is None else steps,
+                    noise=noise_ranges, seed=seed)
+                rels = core.list_inputs(in_dir, out_dir, recursive)
+                if not rels:
+                    console.print(f"[yellow]no images in {escape(str(in_dir))}[/]"
+                                  + ("" if recursive else " (--recursive also looks in sub-folders)"),
+                                  highlight=False)
+                records = core.plan_records(settings, rels, fmt)
+            prepare_output_dir(in_dir, out_dir)  # refused before the progress bar starts
+            with batch_progress(len(records), "darkening", quiet) as on_item:
+                report = core.write_dataset(in_dir, out_dir, records, overwrite=overwrite,
+                                            on_item=on_item)
+        except KeyboardInterrupt:
+            fail("interrupted; finished images and their manifest records are kept: "
+                 "run the same command again to resume", code=130)
+    if not quiet:
+        console.print(f"outputs in {escape(str(out_dir))}: low/, high/"
+                      + (", steps/" if any(r["steps"] for r in records) else "")
+                      + f", {core.MANIFEST_NAME}", highlight=False, soft_wrap=True)
+    report_batch(report, "darken")
+
+
+app.command("synthesize-dark", short_help="Alias of darken.")(darken)
+
+
 
 # --- enhance ------------------------------------------------------------------
 
 
+@app.command()
+def enhance(
+    in_dir: Annotated[Path, typer.Argument(help="Folder of dark images.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where the enhanced images go (same relative names).")],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model card (.yaml) or checkpoint (.pt); default: the shipped model.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the model's).", min=1)] = None,
+    eta: Annotated[Optional[float], typer.Option(help="DDIM eta: 0 deterministic, 1 DDPM-like (default: the model's).", min=0.0)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling noise; the same seed gives the same output.")] = 0,
+    exposure: Annotated[str, typer.Option(help="Target mean brightness: 'auto' (the model's estimate) or a number in (0, 1).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Reserved: images go through one at a time; tiles of one image one at a time.", min=1, max=1)] = 1,
+    tile: Annotated[Optional[int], typer.Option(help="Tile size in pixels. Default: tile only images above 2.5 megapixels, in 1024-pixel tiles, which bounds memory (about 2 GB on a CPU).", min=64)] = None,
+    overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles in pixels; seams are blended over it.", min=0)] = 64,
+    half: Annotated[bool, typer.Option("--half", help="float16 on CUDA (faster, less memory).")] = False,
+    recursive: RecursiveOpt = False,
+    fmt: FormatOpt = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Enhance every image in IN_DIR with a diffusion model; write them to OUT_DIR."""
+    with user_errors():
+        from lldiff_cli.device import pick_device
+        from lldiff_cli.enhance import EnhanceSettings, enhance_folder
+        from lldiff_cli.errors import LldiffError
+        from lldiff_cli.images import list_images
+        from lldiff_cli.model import load_model
+
+        target = None
+        if exposure != "auto":
+            try:
+                target = float(exposure)
+            except ValueError:
+                raise LldiffError(f"--exposure must be 'auto' or a number in (0, 1), got {exposure!r}") from None
+            if not 0 < target < 1:
+                raise LldiffError(f"--exposure must be in (0, 1), got {target}")
+        dev = pick_device(device)
+        if half and dev.type != "cuda":
+            raise LldiffError(f"--half needs CUDA; the device is {dev.type}")
+        files = list_images(in_dir, recursive)
+        net = load_model(model, map_location=dev).to(dev)
+        if half:
+            net = net.half()
+        settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap, half=half)
+        with batch_progress(len(files), "enhance", quiet) as on_item:
+            report = enhance_folder(net, in_dir, out_dir, device=dev, settings=settings, recursive=recursive,
+                                    fmt=fmt, overwrite=overwrite, on_item=on_item, files=files)
+    report_batch(report, f"enhanced into {out_dir}")
+
+
 # --- eval ---------------------------------------------------------------------
+
+_EVAL_COLUMNS = {  # metric -> (header, format); arrows say which way is better
+    "psnr": ("PSNR↑", "{:.2f}"), "ssim": ("SSIM↑", "{:.4f}"),
+    "psnr_gtmean": ("PSNR GT-mean↑", "{:.2f}"), "ssim_gtmean": ("SSIM GT-mean↑", "{:.4f}"),
+    "lpips": ("LPIPS↓", "{:.4f}"), "loe": ("LOE↓", "{:.1f}"), "niqe": ("NIQE↓", "{:.3f}"),
+}
+
+
+def _method_slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+@app.command("eval")
+def eval_command(
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="LOL, LOLv2-real, LOLv2-syn or VE-LOL, found under --data-root.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", envvar="LLDIFF_DATA", help="Folder holding the datasets; default ./data.")] = None,
+    split: Annotated[str, typer.Option("--split", help="train or test.")] = "test",
+    low: Annotated[Optional[Path], typer.Option("--low", help="Folder of low-light images (instead of --dataset); alone: no-reference metrics only.")] = None,
+    high: Annotated[Optional[Path], typer.Option("--high", help="Folder of ground truth for --low, matched by name.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Repeatable: default, a checkpoint path, identity, gamma:G, clahe, he, msrcr; default identity.")] = None,
+    metric_names: Annotated[Optional[list[str]], typer.Option("--metric", help="Repeatable: only these of psnr, ssim, psnr_gtmean, ssim_gtmean, lpips, loe, niqe; default all that apply.")] = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores to this CSV file.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the protocol and the means to this JSON file.")] = None,
+    save_dir: Annotated[Optional[Path], typer.Option("--save-dir", help="Save enhanced images as DIR/METHOD/NAME.png.")] = None,
+    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Write a comparison sheet PNG: input | each method | ground truth.")] = None,
+    sheet_images: Annotated[str, typer.Option("--sheet-images", help="Images on the sheet: a count N (evenly spaced) or comma-separated names.")] = "4",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N images.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="LPIPS AlexNet weights (.pth), or $LLDIFF_LPIPS_WEIGHTS; without them LPIPS is n/a.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score methods on a benchmark: one documented protocol, every method in one table.
+
+    Exits 1 when any image could not be scored (each is named); the others are scored.
+    """
+    from rich.table import Table
+
+    from lldiff_cli import evaluate as ev, metrics as M
+    from lldiff_cli.baselines import make_method
+    from lldiff_cli.data import load_dataset
+    from lldiff_cli.device import pick_device
+    from lldiff_cli.images import write_image
+
+    with user_errors():
+        data = load_dataset(dataset, root=data_root, split=split, low=low, high=high).limit(limit)
+        chosen = list(methods or ["identity"])
+        if not methods:
+            console.print("no --method given: scoring identity (the input itself); "
+                          "add e.g. -m gamma:0.25 -m clahe", highlight=False)
+        dev = pick_device(device)
+        built = [make_method(spec, dev) for spec in chosen]
+        names = [m.name for m in built]
+        if len(set(names)) != len(names):
+            fail(f"a method is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        weights = []
+        if (not metric_names or "lpips" in metric_names) and data.paired:
+            weights = M.find_lpips_weights(lpips_weights)
+        metric_list = ev.choose_metrics(metric_names, paired=data.paired)
+        lpips_model = M.load_lpips(weights, dev) if weights and "lpips" in metric_list else None
+        on_sheet = set(ev.sheet_names(data.pairs, sheet_images)) if sheet else set()
+    if not data.pairs:
+        for name, reason in data.problems:
+            console.print(f"  [red]failed[/] {name}: {reason}", highlight=False)
+        fail(f"no image pairs to score in {data.description}")
+
+    cells: dict[str, dict[str, object]] = {}
+
+    def keep(method: str, pair, low_t, enhanced, high_t) -> None:
+        if save_dir is not None:
+            write_image(save_dir / _method_slug(method) / f"{pair.name}.png", enhanced)
+        if pair.name in on_sheet:
+            row = cells.setdefault(pair.name, {"input": low_t, "ground truth": high_t})
+            row[method] = enhanced
+
+    with user_errors(), batch_progress(len(data.pairs), "eval", quiet) as on_item:
+        result = ev.evaluate(data, built, metrics=metric_list, lpips_model=lpips_model,
+                             device=dev, on_image=keep, on_item=on_item)
+    proto = ev.protocol(data, metric_list, split=split if dataset else None,
+                        lpips_weights=[str(p) for p in weights], device=str(dev))
+
+    table = Table(title=f"{data.description}: {len(data.pairs)} images")
+    table.add_column("method")
+    table.add_column("n", justify="right")
+    for m in metric_list:
+        table.add_column(_EVAL_COLUMNS[m][0], justify="right")
+    table.add_column("s/img", justify="right")
+    table.add_column("peak MB", justify="right")
+    for s in result.summaries:
+        values = ["n/a" if s.means[m] is None else _EVAL_COLUMNS[m][1].format(s.means[m]) for m in metric_list]
+        table.add_row(s.method, str(s.n), *values, f"{s.seconds_per_image:.3f}", f"{s.peak_memory_mb:.0f}")
+    # Piped or redirected output gets the table's full width: a benchmark row is never cut.
+    from rich.measure import Measurement
+
+    need = Measurement.get(out, out.options.update_width(1000), table).maximum
+    Console(file=out.file, width=out.width if out.is_terminal else max(out.width, need)).print(table)
+    notes = ["PSNR/SSIM on 8-bit RGB, SSIM with an 11x11 Gaussian window (sigma 1.5); "
+             "GT-mean columns rescale each output to the ground truth's mean grey first"]
+    if "lpips" in metric_list and lpips_model is None:
+        notes.append(f"LPIPS n/a: no weights (give --lpips-weights or ${M.LPIPS_ENV}; see the README)")
+    if "niqe" in metric_list and any(s.means.get("niqe") is None for s in result.summaries):
+        notes.append(f"NIQE n/a for images under {2 * M.NIQE_BLOCK} px on a side")
+    for note in notes:
+        console.print(note, style="dim", highlight=False)
+
+    with user_errors():
+        if csv_path:
+            ev.write_csv(result, csv_path)
+            console.print(f"per-image scores: {csv_path}", highlight=False)
+        if json_path:
+            ev.write_json(result, proto, json_path)
+            console.print(f"summary: {json_path}", highlight=False)
+        if sheet and cells:
+            labels = ["input", *names] + (["ground truth"] if data.paired else [])
+            rows = [(name, [cells[name][label] for label in labels])
+                    for name in sorted(cells) if all(label in cells[name] for label in labels)]
+            if rows:
+                write_image(sheet, ev.comparison_sheet(rows, labels))
+                console.print(f"comparison sheet: {sheet}", highlight=False)
+        left_out = sorted(on_sheet - {name for name, _ in rows}) if sheet and cells else sorted(on_sheet)
+        if sheet and left_out:
+            console.print(f"left off the sheet (not scored by every method): {', '.join(left_out)}", highlight=False)
+    if save_dir is not None:
+        console.print(f"enhanced images: {save_dir}", highlight=False)
+    if result.failures:
+        console.print(f"[red]{len(result.failures)} image(s) not scored:[/]", highlight=False)
+        for name, reason in result.failures:
+            console.print(f"  [red]failed[/] {name}: {reason}", highlight=False)
+        raise typer.Exit(1)
 
 
 # --- train --------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Training config YAML (see lldiff_cli/configs/).")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. optim.lr=1e-4 data.crop=192.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from OUT_DIR/last.pt.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a model from paired data; checkpoints, validation and a curve go to out_dir."""
+    import json
+    import signal
+
+    with user_errors():
+        from lldiff_cli.config import dump_yaml, load_config, to_dict
+        from lldiff_cli.device import pick_device
+        from lldiff_cli.train import TrainConfig, load_pairs_uint8, split_by_blocks, train as run_training, training_files
+
+        cfg = load_config(TrainConfig, config, overrides or [])
+        dev = pick_device(device)
+        files = training_files(cfg.data)
+        train_idx, val_idx = split_by_blocks([f[0] for f in files], cfg.data.val_fraction, cfg.data.val_block)
+        pairs = load_pairs_uint8([(f[1], f[2]) for f in files])
+        out_dir = Path(cfg.out_dir)
+        dump_yaml(to_dict(cfg), out_dir / "config.yaml")
+        (out_dir / "split.json").write_text(json.dumps({"val": [files[i][0] for i in val_idx]}))
+        console.print(f"training on {len(train_idx)} pairs, validating on {len(val_idx)}; device {dev}; out {out_dir}")
+        stop = {"now": False}
+        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+        log_file = open(out_dir / "log.jsonl", "a")
+
+        def on_log(record: dict) -> None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            if not quiet:
+                console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                              highlight=False)
+
+        result = run_training(cfg, train_pairs=[pairs[i] for i in train_idx], val_pairs=[pairs[i] for i in val_idx],
+                              device=dev, resume=resume, on_log=on_log, stop=lambda: stop["now"])
+        console.print(f"stopped at step {result['step']}; best validation PSNR {result['best_psnr']:.2f} dB; "
+                      f"checkpoints in {out_dir}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -332,3 +332,68 @@ def model_from_checkpoint(payload: dict, *, weights: str = "ema", source: str = 
         first = str(exc).splitlines()[0]
         raise LldiffError(f"{source}: weights do not fit the model the config describes ({first})") from None
     return model.eval()
+
+
+# --- shipped models and cards -----------------------------------------------------------
+
+DEFAULT_MODEL_NAME = "lldiff-default"
+
+
+def model_dirs() -> list[Path]:
+    """Where shipped models are looked for: $LLDIFF_MODELS, the checkout's models/, and the
+    copy ``pip install .`` puts in <prefix>/share/lldiff/models."""
+    import os
+    import sys
+
+    dirs = []
+    if os.environ.get("LLDIFF_MODELS"):
+        dirs.append(Path(os.environ["LLDIFF_MODELS"]))
+    dirs.append(Path(__file__).resolve().parent.parent / "models")
+    dirs.append(Path(sys.prefix) / "share" / "lldiff" / "models")
+    return dirs
+
+
+def find_default_model() -> Path:
+    for d in model_dirs():
+        card = d / f"{DEFAULT_MODEL_NAME}.yaml"
+        if card.is_file():
+            return card
+    searched = ", ".join(str(d) for d in model_dirs())
+    raise LldiffError(f"no default model is installed (looked for {DEFAULT_MODEL_NAME}.yaml in {searched}); "
+                      "pass --model CARD.yaml or CHECKPOINT.pt")
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(path: Optional[Path] = None, map_location="cpu") -> WaveletDiffusion:
+    """Load a model from a card (.yaml naming its weights) or a checkpoint (.pt); None: the default.
+
+    A card's sha256 is checked against the weights, so a truncated download is a clear error.
+    """
+    import yaml
+
+    path = Path(path) if path is not None else find_default_model()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            card = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LldiffError(f"model card not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise LldiffError(f"{path}: not a valid model card ({exc})") from None
+        if not isinstance(card, dict) or "weights" not in card:
+            raise LldiffError(f"{path}: a model card needs a 'weights' entry naming the checkpoint file")
+        weights = path.parent / card["weights"]
+        if not weights.is_file():
+            raise LldiffError(f"{path}: weights file {weights} not found")
+        if card.get("sha256") and sha256_of(weights) != card["sha256"]:
+            raise LldiffError(f"{weights}: sha256 does not match the card {path} (corrupt or replaced file)")
+        return model_from_checkpoint(load_checkpoint(weights, map_location), source=str(weights))
+    return model_from_checkpoint(load_checkpoint(path, map_location), source=str(path))

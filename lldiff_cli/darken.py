@@ -1,0 +1,490 @@
+"""Synthetic low-light data: Lv gamma darkening, progressive darkening, sensor noise.
+
+BasicSR-style: each degradation is a deterministic function of (tensor, parameters),
+and random parameters come from separate samplers that take a torch.Generator. All
+images are float32 tensors Nx3xHxW in [0, 1] (sRGB values, as read from a file);
+a parameter is a float, or a tensor of shape Nx1x1x1 giving one value per image.
+
+* :func:`lv_darken` - ``I_out = beta * (alpha * I_in) ** gamma`` (Lv et al., "Attention
+  guided low-light image enhancement with a large scale low-light simulation dataset",
+  IJCV 2021, Sec. 3.1), with alpha ~ U(0.9, 1), beta ~ U(0.5, 1), gamma ~ U(1.5, 5).
+* :func:`progressive_darken` - the same map as a T-step forward process.
+* :func:`scale_darken` - plain dimming ``I_out = factor * I_in``.
+* :func:`add_sensor_noise` - Poisson shot noise plus Gaussian read noise in linear
+  light (the heteroscedastic model of physics-based low-light simulation, e.g. Wei et
+  al., "A physics-based noise formation model for extreme low-light raw denoising",
+  CVPR 2020, Eq. 2-4, without the raw-specific row and quantisation terms).
+* :func:`random_pair` - a dark version of a batch, for on-the-fly training pairs.
+* :func:`darken_folder` / :func:`rebuild_from_manifest` - the ``lldiff darken`` core:
+  a folder of photos to ``OUT/low``, ``OUT/high`` (and ``OUT/steps``) plus a manifest
+  from which the same dataset is rebuilt pixel for pixel. Both are a plan (manifest
+  records: :func:`plan_records` or :func:`read_manifest`) handed to :func:`write_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
+from lldiff_cli.errors import LldiffError
+from lldiff_cli.images import FORMATS, Image, list_images, output_path, write_image
+
+Param = float | torch.Tensor  # a float, or Nx1x1x1: one value per image of the batch
+MODES = ("lv", "scale")
+MANIFEST_NAME = "manifest.jsonl"
+
+
+# --- colour transfer -----------------------------------------------------------
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """sRGB values in [0, 1] -> linear light in [0, 1] (IEC 61966-2-1 transfer)."""
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(y: torch.Tensor) -> torch.Tensor:
+    """Linear light in [0, 1] -> sRGB values in [0, 1]; inverse of :func:`srgb_to_linear`."""
+    y = y.clamp(0, 1)
+    return torch.where(y <= 0.0031308, 12.92 * y, 1.055 * y ** (1 / 2.4) - 0.055)
+
+
+# --- degradations: deterministic functions of (tensor, parameters) ----------------
+
+
+def lv_darken(x: torch.Tensor, alpha: Param, beta: Param, gamma: Param) -> torch.Tensor:
+    """Lv et al.'s synthesis: ``beta * (alpha * x) ** gamma``. x: Nx3xHxW in [0, 1]."""
+    return beta * (alpha * x.clamp(0, 1)) ** gamma
+
+
+def scale_darken(x: torch.Tensor, factor: Param) -> torch.Tensor:
+    """Plain dimming ``factor * x`` (the 50 % dimming of DDPM low-light studies)."""
+    return factor * x.clamp(0, 1)
+
+
+def progressive_coefficients(beta: Param, gamma: Param, steps: int) -> tuple[Param, Param]:
+    """The per-step ``(a, eta)`` of the T-step darkening ``x_t = (a * x_{t-1}) ** eta``.
+
+    Unrolling the recursion, ``x_T = a ** S * x_0 ** (eta ** T)`` with
+    ``S = eta + eta**2 + ... + eta**T = eta * (1 - eta**T) / (1 - eta)``. Choosing
+    ``eta = gamma ** (1 / T)`` and ``a = beta ** (1 / S)``, i.e.
+    ``a = beta ** ((1 - eta) / (eta * (1 - eta ** T)))``, makes ``x_T = beta * x_0 ** gamma``.
+    S is summed term by term, which also covers gamma = 1 (eta = 1, S = T) exactly.
+    """
+    if steps < 1:
+        raise LldiffError(f"progressive darkening needs steps >= 1, got {steps}")
+    eta = gamma ** (1.0 / steps)
+    s = sum(eta ** k for k in range(1, steps + 1))
+    return beta ** (1.0 / s), eta
+
+
+def progressive_darken(x: torch.Tensor, alpha: Param, beta: Param, gamma: Param,
+                       steps: int) -> list[torch.Tensor]:
+    """Lv darkening as a forward process of ``steps`` steps; returns [x_1, ..., x_T].
+
+    The chain starts from ``x_0 = alpha * x`` and ends at
+    ``x_T = beta * (alpha * x) ** gamma == lv_darken(x, alpha, beta, gamma)``.
+    It runs in float64 so that x_T matches the closed form to float32 precision.
+    """
+    a, eta = progressive_coefficients(_f64(beta), _f64(gamma), steps)
+    current = _f64(alpha) * x.clamp(0, 1).double()
+    out = []
+    for _ in range(steps):
+        current = (a * current) ** eta
+        out.append(current.to(x.dtype))
+    return out
+
+
+def add_sensor_noise(x: torch.Tensor, gain: Param, read_noise: Param,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shot and read noise of a sensor, added in linear light.
+
+    x: Nx3xHxW sRGB in [0, 1]. The sRGB transfer takes x to linear light v; a pixel
+    collects ``v / gain`` photo-electrons (so ``gain`` is the fraction of full scale
+    one electron is worth: 1e-3 means a full-well of 1000 electrons); shot noise is
+    Poisson in the electron count, read noise is Gaussian with standard deviation
+    ``read_noise`` (in units of full scale)::
+
+        y = gain * Poisson(v / gain) + N(0, read_noise ** 2)
+
+    so ``E[y] = v`` and ``Var[y] = gain * v + read_noise ** 2``. y is clipped to
+    [0, 1] (the sensor neither goes negative nor past saturation) and taken back to sRGB.
+    """
+    linear = srgb_to_linear(x)
+    electrons = torch.poisson(linear / gain, generator=generator)
+    read = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return linear_to_srgb(electrons * gain + read_noise * read)
+
+
+def _f64(p: Param) -> Param:
+    return p.double() if isinstance(p, torch.Tensor) else float(p)
+
+
+# --- parameters and their samplers ------------------------------------------------
+
+
+def _check_range(name: str, rng: tuple[float, float], low: float, high: float,
+                 low_open: bool = True) -> tuple[float, float]:
+    lo, hi = (float(v) for v in rng)
+    below = lo <= low if low_open else lo < low
+    if below or hi > high or lo > hi or not (math.isfinite(lo) and math.isfinite(hi)):
+        bound = "(" if low_open else "["
+        raise LldiffError(f"{name} range ({lo:g}, {hi:g}) is not allowed: need MIN <= MAX, "
+                          f"both in {bound}{low:g}, {high:g}]")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class LvParams:
+    """One draw of Lv et al.'s darkening: ``beta * (alpha * x) ** gamma``."""
+
+    alpha: float
+    beta: float
+    gamma: float
+
+
+@dataclass(frozen=True)
+class LvRanges:
+    """Uniform ranges of the Lv parameters; defaults are the paper's."""
+
+    alpha: tuple[float, float] = (0.9, 1.0)
+    beta: tuple[float, float] = (0.5, 1.0)
+    gamma: tuple[float, float] = (1.5, 5.0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", _check_range("alpha", self.alpha, 0.0, 1.0))
+        object.__setattr__(self, "beta", _check_range("beta", self.beta, 0.0, 1.0))
+        # gamma below 1 brightens (allowed for experiments); 20 maps mid-grey to ~1e-6.
+        object.__setattr__(self, "gamma", _check_range("gamma", self.gamma, 0.0, 20.0))
+
+
+@dataclass(frozen=True)
+class NoiseParams:
+    """One draw of the sensor noise: see :func:`add_sensor_noise`."""
+
+    gain: float
+    read_noise: float
+
+
+@dataclass(frozen=True)
+class NoiseRanges:
+    """Ranges of the noise parameters, each sampled log-uniformly (as Wei et al. sample
+    the system gain; uniformly when MIN is 0): by default a full-well of 400 to 4000
+    electrons and read noise of 0.05 % to 0.5 % of full scale, a small sensor at high ISO."""
+
+    gain: tuple[float, float] = (2.5e-4, 2.5e-3)
+    read_noise: tuple[float, float] = (5e-4, 5e-3)
+
+    def __post_init__(self):
+        object.__setattr__(self, "gain", _check_range("gain", self.gain, 0.0, 1.0))
+        object.__setattr__(self, "read_noise",
+                           _check_range("read-noise", self.read_noise, 0.0, 1.0, low_open=False))
+
+
+def seed_for(seed: int, rel: Path | str) -> int:
+    """A 63-bit seed from a base seed and a relative path (sha256, stable across runs
+    and machines), so an image's parameters depend on nothing else in the batch."""
+    key = f"{int(seed)}:{Path(rel).as_posix()}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1
+
+
+def _uniform(rng: tuple[float, float], generator: torch.Generator, n: int | None = None):
+    lo, hi = rng
+    u = torch.rand(() if n is None else (n, 1, 1, 1), generator=generator, dtype=torch.float64)
+    value = lo + (hi - lo) * u
+    return value.item() if n is None else value
+
+
+def _log_uniform(rng: tuple[float, float], generator: torch.Generator, n: int | None = None):
+    lo, hi = rng
+    if lo == 0 or lo == hi:  # no log of 0; a fixed value still takes one draw
+        return _uniform(rng, generator, n)
+    value = _uniform((math.log(lo), math.log(hi)), generator, n)
+    return math.exp(value) if n is None else torch.exp(value)
+
+
+def sample_lv_params(ranges: LvRanges, generator: torch.Generator) -> LvParams:
+    """Draw alpha, beta, gamma (in that order) uniformly from ``ranges``."""
+    return LvParams(alpha=_uniform(ranges.alpha, generator), beta=_uniform(ranges.beta, generator),
+                    gamma=_uniform(ranges.gamma, generator))
+
+
+def sample_noise_params(ranges: NoiseRanges, generator: torch.Generator) -> NoiseParams:
+    """Draw gain, then read noise, each log-uniformly from ``ranges``."""
+    return NoiseParams(gain=_log_uniform(ranges.gain, generator),
+                       read_noise=_log_uniform(ranges.read_noise, generator))
+
+
+def random_pair(high: torch.Tensor, generator: torch.Generator, *, mode: str = "lv",
+                ranges: LvRanges = LvRanges(), factor: float = 0.5,
+                noise: NoiseRanges | None = None) -> torch.Tensor:
+    """A dark version of a batch for on-the-fly training pairs.
+
+    high: Nx3xHxW in [0, 1] on any device. ``generator`` is a CPU generator: the
+    parameters (one set per image) are drawn on the CPU and moved to ``high``'s
+    device, the noise pixels come from a generator on that device seeded from it.
+    Returns the low-light batch, same shape, device and dtype.
+    """
+    _check_mode(mode)
+    n = high.shape[0]
+    as_param = lambda t: t.to(device=high.device, dtype=high.dtype)  # noqa: E731
+    if mode == "lv":
+        low = lv_darken(high, as_param(_uniform(ranges.alpha, generator, n)),
+                        as_param(_uniform(ranges.beta, generator, n)),
+                        as_param(_uniform(ranges.gamma, generator, n)))
+    else:
+        low = scale_darken(high, factor)
+    if noise is not None:
+        gain = as_param(_log_uniform(noise.gain, generator, n))
+        read = as_param(_log_uniform(noise.read_noise, generator, n))
+        noise_gen = torch.Generator(device=high.device)
+        noise_gen.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        low = add_sensor_noise(low, gain, read, noise_gen)
+    return low
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise LldiffError(f"unknown darkening mode {mode!r}; allowed: {', '.join(MODES)}")
+
+
+# --- folders: darken_folder, the manifest, rebuild ---------------------------------
+
+
+@dataclass(frozen=True)
+class DarkenSettings:
+    """What ``lldiff darken`` does to each image (everything but the file handling)."""
+
+    mode: str = "lv"
+    lv: LvRanges = field(default_factory=LvRanges)
+    factor: float = 0.5
+    progressive: bool = False
+    steps: int = 10
+    noise: NoiseRanges | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_mode(self.mode)
+        if not 0 < self.factor <= 1:
+            raise LldiffError(f"factor {self.factor:g} is not allowed: need 0 < factor <= 1")
+        if self.progressive and not 1 <= self.steps <= 999:
+            raise LldiffError(f"steps {self.steps} is not allowed: need 1 <= steps <= 999")
+
+
+def make_record(settings: DarkenSettings, rel: Path, ext: str) -> dict:
+    """The manifest record of one input: every parameter drawn, the seeds, the output paths.
+
+    Parameters come from ``seed_for(settings.seed, rel)`` alone: alpha, beta, gamma
+    (lv mode), then gain, read noise; the noise pixels from ``noise.seed``.
+    ``ext`` is the output extension (".png", ...).
+    """
+    image_seed = seed_for(settings.seed, rel)
+    gen = torch.Generator().manual_seed(image_seed)
+    if settings.mode == "lv":
+        params = asdict(sample_lv_params(settings.lv, gen))
+    else:
+        params = {"factor": float(settings.factor)}
+    noise = None
+    if settings.noise is not None:
+        noise = asdict(sample_noise_params(settings.noise, gen))
+        noise["seed"] = seed_for(image_seed, "noise")
+    src = Path(rel)
+    out = src.with_suffix(ext).as_posix()
+    steps = []
+    if settings.progressive:
+        width = max(2, len(str(settings.steps)))
+        steps = [(Path("steps") / src.parent / f"{src.stem}_t{t:0{width}d}{ext}").as_posix()
+                 for t in range(1, settings.steps + 1)]
+    return {"source": src.as_posix(), "low": f"low/{out}", "high": f"high/{out}",
+            "steps": steps, "mode": settings.mode, "params": params, "noise": noise,
+            "seed": int(settings.seed), "image_seed": image_seed}
+
+
+def render(image: Image, record: dict) -> dict[str, torch.Tensor]:
+    """Apply a manifest record to a decoded source: {relative output path: 1x3xHxW}.
+
+    The same function serves a first run and a rebuild, so both give the same pixels.
+    Steps are the noise-free chain; its last step is the low image before noise.
+    """
+    x, p = image.rgb, record["params"]
+    alpha, beta, gamma = ((p["alpha"], p["beta"], p["gamma"]) if record["mode"] == "lv"
+                          else (1.0, p["factor"], 1.0))  # dimming is Lv with gamma = 1
+    results = {record["high"]: x}
+    if record["steps"]:
+        chain = progressive_darken(x, alpha, beta, gamma, len(record["steps"]))
+        results.update(zip(record["steps"], chain))
+        low = chain[-1]
+    elif record["mode"] == "lv":
+        low = lv_darken(x, alpha, beta, gamma)
+    else:
+        low = scale_darken(x, beta)
+    if record["noise"] is not None:
+        n = record["noise"]
+        gen = torch.Generator().manual_seed(int(n["seed"]))
+        low = add_sensor_noise(low, n["gain"], n["read_noise"], gen)
+    results[record["low"]] = low
+    return results
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Records of a manifest by source path. A later record for a source replaces an
+    earlier one; a torn last line (a run killed while appending) is ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise LldiffError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    records = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records[record["source"]] = record
+        except (json.JSONDecodeError, TypeError, KeyError):
+            if number == len(lines):
+                break
+            raise LldiffError(f"{path} line {number} is not a manifest record") from None
+    return records
+
+
+class _Manifest:
+    """OUT/manifest.jsonl, kept truthful while a batch runs.
+
+    A record is appended only after all files of its image are in place, so a killed
+    run never lists an image it did not finish. At the start and the end the file is
+    rewritten atomically, one record per source sorted by source: records of skipped
+    images stay, a redone image's new record replaces its old one.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.records = read_manifest(self.path) if self.path.exists() else {}
+        self._compact()
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def has(self, source: str) -> bool:
+        return source in self.records
+
+    def add(self, record: dict) -> None:
+        self.records[record["source"]] = record
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+        self._compact()
+
+    def _compact(self) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".part", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                for source in sorted(self.records):
+                    fh.write(json.dumps(self.records[source]) + "\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def list_inputs(in_dir: Path, out_dir: Path, recursive: bool = False) -> list[Path]:
+    """The images of ``in_dir`` (see images.list_images), less any inside ``out_dir``
+    when the output folder lies within the input folder."""
+    rels = list_images(in_dir, recursive)
+    try:
+        inside = Path(out_dir).resolve().relative_to(Path(in_dir).resolve())
+    except ValueError:
+        return rels
+    if not inside.parts:  # the input folder itself: prepare_output_dir refuses it
+        return rels
+    return [rel for rel in rels if rel.parts[:len(inside.parts)] != inside.parts]
+
+
+def plan_records(settings: DarkenSettings, rels: list[Path], fmt: str | None = None) -> list[dict]:
+    """The manifest records of a batch (see :func:`make_record`), before any file is
+    written: an unknown ``fmt`` or two inputs that would share an output are refused."""
+    if fmt is not None and fmt.lower().lstrip(".") not in FORMATS:
+        raise LldiffError(f"unknown output format {fmt!r}; allowed: {', '.join(sorted(FORMATS))}")
+    records, seen = [], {}
+    for rel in rels:
+        record = make_record(settings, rel, output_path(Path(), rel, fmt).suffix)
+        other = seen.setdefault(record["low"], rel)
+        if other != rel:
+            raise LldiffError(f"{other} and {rel} would both be written to {record['low']}; "
+                              "drop --format or rename one of them")
+        records.append(record)
+    return records
+
+
+def write_dataset(src_dir: Path, out_dir: Path, records: list[dict], *, overwrite: bool = False,
+                  on_item: Callable[[Path, str], None] | None = None) -> BatchReport:
+    """Write each record's files from ``src_dir / record["source"]`` into ``out_dir``.
+
+    An input is skipped when its files and its manifest record exist (unless
+    ``overwrite``); its record is appended to ``out_dir/manifest.jsonl`` only after
+    all its files are in place. Bad inputs are reported in the BatchReport.
+    """
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        raise LldiffError(f"input folder does not exist: {src_dir}")
+    out_dir = prepare_output_dir(src_dir, out_dir)
+    by_rel = {Path(r["source"]): r for r in records}
+    manifest = _Manifest(out_dir / MANIFEST_NAME)
+    try:
+        def is_done(rel: Path) -> bool:
+            # The record counts as an output: an image whose files exist but whose
+            # record does not (run killed in between) is redone.
+            r = by_rel[rel]
+            files = [out_dir / p for p in (r["low"], r["high"], *r["steps"])]
+            return manifest.has(r["source"]) and all(p.exists() for p in files)
+
+        def process(rel: Path, image: Image) -> None:
+            record = by_rel[rel]
+            for name, tensor in render(image, record).items():
+                write_image(out_dir / name, tensor, image.alpha, image.bit_depth)
+            manifest.add(record)
+
+        return run_batch(src_dir, list(by_rel), is_done=is_done, process=process,
+                         overwrite=overwrite, on_item=on_item)
+    finally:
+        manifest.close()
+
+
+def darken_folder(in_dir: Path, out_dir: Path, settings: DarkenSettings, *,
+                  rels: list[Path] | None = None, recursive: bool = False,
+                  fmt: str | None = None, overwrite: bool = False,
+                  on_item: Callable[[Path, str], None] | None = None) -> BatchReport:
+    """Darken every image of ``in_dir`` into ``out_dir``; returns the batch report.
+
+    Writes ``low/REL`` (dark), ``high/REL`` (the source as read, in the output format),
+    ``steps/REL_DIR/STEM_tNN.EXT`` for t = 1..T when progressive, and ``manifest.jsonl``.
+    16-bit sources stay 16-bit where the format allows; alpha is kept. ``rels`` (from
+    :func:`list_inputs`) saves a second listing when the caller already has one.
+    """
+    if rels is None:
+        rels = list_inputs(in_dir, out_dir, recursive)
+    records = plan_records(settings, rels, fmt)
+    return write_dataset(in_dir, out_dir, records, overwrite=overwrite, on_item=on_item)
+
+
+def rebuild_from_manifest(manifest: Path, src_dir: Path, out_dir: Path, *,
+                          overwrite: bool = False,
+                          on_item: Callable[[Path, str], None] | None = None) -> BatchReport:
+    """Rebuild the dataset a manifest describes from the same sources, pixel for pixel.
+
+    Every record is replayed with its own parameters and seeds (the ranges and the
+    options of the first run are not needed); ``out_dir`` gets its own manifest.
+    """
+    records = list(read_manifest(manifest).values())
+    if not records:
+        raise LldiffError(f"manifest {manifest} has no records")
+    return write_dataset(src_dir, out_dir, records, overwrite=overwrite, on_item=on_item)

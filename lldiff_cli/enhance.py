@@ -1,0 +1,56 @@
+"""Enhancing a folder: stream the files, run each through the model, write atomically.
+
+cli.enhance -> enhance_folder -> tiling.enhance_tensor (pad / tile) -> model.enhance -> images.write_image
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
+from lldiff_cli.images import Image, list_images, output_path, write_image
+from lldiff_cli.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, enhance_tensor
+
+
+@dataclass
+class EnhanceSettings:
+    steps: Optional[int] = None        # None: the model's default
+    eta: Optional[float] = None
+    seed: int = 0
+    exposure: Optional[float] = None   # None: the model's own estimate ("auto")
+    tile: Optional[int] = None
+    overlap: int = DEFAULT_OVERLAP
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    half: bool = False
+
+
+def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device: torch.device) -> torch.Tensor:
+    """1x3xHxW [0, 1] (any device) -> enhanced 1x3xHxW [0, 1] on the CPU."""
+    x = image.to(device)
+    if settings.half:
+        x = x.half()
+    with torch.no_grad():
+        out = enhance_tensor(model, x, tile=settings.tile, overlap=settings.overlap,
+                             max_pixels=settings.max_pixels, exposure=settings.exposure,
+                             steps=settings.steps, eta=settings.eta, seed=settings.seed)
+    return out.float().cpu()
+
+
+def enhance_folder(model, in_dir: Path, out_dir: Path, *, device: torch.device, settings: EnhanceSettings,
+                   recursive: bool = False, fmt: Optional[str] = None, overwrite: bool = False,
+                   on_item: Optional[Callable[[Path, str], None]] = None,
+                   files: Optional[list[Path]] = None) -> BatchReport:
+    """Enhance every image of ``in_dir`` into ``out_dir`` (same relative paths); see batch.run_batch."""
+    files = list_images(in_dir, recursive) if files is None else files
+    prepare_output_dir(in_dir, out_dir)
+
+    def process(rel: Path, image: Image) -> None:
+        out = enhance_image(model, image.rgb, settings, device)
+        write_image(output_path(out_dir, rel, fmt), out, alpha=image.alpha, bit_depth=image.bit_depth)
+
+    return run_batch(in_dir, files, is_done=lambda rel: output_path(out_dir, rel, fmt).exists(),
+                     process=process, overwrite=overwrite, on_item=on_item)

@@ -1,0 +1,226 @@
+"""`lldiff darken` through the command line: odd files, resuming, errors, help speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from lldiff_cli import darken as dk
+from lldiff_cli.cli import app
+
+runner = CliRunner()
+RNG = np.random.default_rng(0)
+
+
+def rgb8(h=6, w=8):
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def lldiff(*args: str):
+    # Rich prints to stderr; typer's CliRunner mixes stderr into result.output.
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def plain_folder(root: Path, names) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        PILImage.fromarray(rgb8()).save(root / name)
+    return root
+
+
+def odd_folder(root: Path) -> Path:
+    """Good files of every odd kind, and bad ones."""
+    root.mkdir()
+    PILImage.fromarray(rgb8()).save(root / "good.png")
+    cv2.imwrite(str(root / "deep16.png"), RNG.integers(0, 65536, (6, 8, 3), dtype=np.uint16))
+    PILImage.fromarray(RNG.integers(0, 256, (6, 8, 4), dtype=np.uint8), "RGBA").save(root / "rgba.png")
+    PILImage.fromarray(RNG.integers(0, 256, (6, 8), dtype=np.uint8), "L").save(root / "grey.png")
+    PILImage.fromarray(rgb8(16, 16)).convert("CMYK").save(root / "cmyk.jpg", quality=95)
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    PILImage.fromarray(rgb8(4, 8)).save(root / "rotated.jpg", exif=exif)
+    PILImage.fromarray(rgb8(64, 64)).save(root / "cut.png")
+    (root / "cut.png").write_bytes((root / "cut.png").read_bytes()[:200])
+    (root / "zero.png").write_bytes(b"")
+    (root / "text.jpg").write_text("this is not a JPEG")
+    (root / "readme.txt").write_text("skipped quietly")
+    return root
+
+
+GOOD = ["cmyk.jpg", "deep16.png", "good.png", "grey.png", "rgba.png", "rotated.jpg"]
+BAD = ["cut.png", "text.jpg", "zero.png"]
+
+
+def leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(".") or ".part" in p.name]
+
+
+def manifest_sources(out: Path) -> list[str]:
+    return [json.loads(line)["source"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_odd_and_bad_files(tmp_path):
+    src, out = odd_folder(tmp_path / "in"), tmp_path / "out"
+    result = lldiff("darken", src, out, "--quiet", "--noise", "--progressive", "--steps", "2")
+    assert result.exit_code == 1, result.output
+    assert "6 done, 0 skipped, 3 failed" in result.output
+    for name in BAD:
+        assert f"failed {name}" in result.output
+    assert "empty file" in result.output and "not a recognised image" in result.output
+    assert "Traceback" not in result.output
+    for name in GOOD:
+        assert (out / "low" / name).is_file() and (out / "high" / name).is_file()
+    for name in BAD:
+        assert not list(out.rglob(Path(name).stem + "*"))
+    assert not leftovers(out)
+    assert manifest_sources(out) == GOOD
+
+    assert cv2.imread(str(out / "low/deep16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert PILImage.open(out / "low/rgba.png").mode == "RGBA"
+    assert PILImage.open(out / "low/rotated.jpg").size == (4, 8)  # EXIF applied: now portrait
+    assert PILImage.open(out / "steps/rotated_t02.jpg").size == (4, 8)
+
+
+def test_interrupted_batch_resumes(tmp_path, monkeypatch):
+    src, out = plain_folder(tmp_path / "in", ["a.png", "b.png", "c.png", "d.png"]), tmp_path / "out"
+    real, calls = dk.render, []
+
+    def render_then_interrupt(image, record):
+        calls.append(record["source"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(image, record)
+
+    monkeypatch.setattr(dk, "render", render_then_interrupt)
+    result = lldiff("darken", src, out, "-q")
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert manifest_sources(out) == ["a.png", "b.png"]
+    assert not (out / "low/c.png").exists() and not leftovers(out)
+
+    monkeypatch.setattr(dk, "render", real)
+    result = lldiff("darken", src, out, "-q")
+    assert result.exit_code == 0, result.output
+    assert "2 done, 2 skipped, 0 failed" in result.output
+    assert manifest_sources(out) == ["a.png", "b.png", "c.png", "d.png"]
+
+    fresh = tmp_path / "fresh"
+    assert lldiff("darken", src, fresh, "-q").exit_code == 0
+    for name in ["a.png", "d.png"]:
+        assert (out / "low" / name).read_bytes() == (fresh / "low" / name).read_bytes()
+
+
+def test_rebuild_from_manifest_through_the_cli(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png", "b.png"])
+    assert lldiff("darken", src, tmp_path / "one", "-q", "--noise", "--seed", "5").exit_code == 0
+    result = lldiff("darken", src, tmp_path / "two", "-q", "--from-manifest", tmp_path / "one/manifest.jsonl")
+    assert result.exit_code == 0, result.output
+    for name in ["low/a.png", "high/b.png", "manifest.jsonl"]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    result = lldiff("darken", src, tmp_path / "three", "--noise", "--from-manifest", tmp_path / "one/manifest.jsonl")
+    assert result.exit_code == 2 and "--from-manifest" in result.output
+
+
+def test_scale_mode_and_alias(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png"])
+    result = lldiff("synthesize-dark", src, tmp_path / "out", "--mode", "scale", "--factor", "0.5", "--format", "bmp")
+    assert result.exit_code == 0, result.output
+    high = np.array(PILImage.open(tmp_path / "out/high/a.bmp"), dtype=float)
+    low = np.array(PILImage.open(tmp_path / "out/low/a.bmp"), dtype=float)
+    assert np.abs(low - high / 2).max() <= 0.5
+
+
+def test_fixed_lv_parameters(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png"])
+    result = lldiff("darken", src, tmp_path / "out", "-q", "--alpha", "1", "--beta", "0.5,0.5", "--gamma", "2")
+    assert result.exit_code == 0, result.output
+    rec = json.loads((tmp_path / "out/manifest.jsonl").read_text())
+    assert rec["params"] == {"alpha": 1.0, "beta": 0.5, "gamma": 2.0}
+
+
+def error_line(result) -> str:
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_missing_input_folder_is_one_error_line(tmp_path):
+    result = lldiff("darken", tmp_path / "nope", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "input folder does not exist" in error_line(result)
+    (tmp_path / "m.jsonl").write_text('{"source": "a.png"}\n')
+    result = lldiff("darken", tmp_path / "nope", tmp_path / "out", "--from-manifest", tmp_path / "m.jsonl")
+    assert result.exit_code == 2
+    assert "input folder does not exist" in error_line(result)
+    result = lldiff("darken", tmp_path, tmp_path / "out", "--from-manifest", tmp_path / "nope.jsonl")
+    assert result.exit_code == 2
+    assert "cannot read manifest" in error_line(result)
+
+
+def test_output_in_input_folder_is_refused(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png"])
+    result = lldiff("darken", src, src)
+    assert result.exit_code == 2
+    assert "output folder is the input folder" in error_line(result)
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+
+
+def test_unwritable_output_folder_is_one_error_line(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png"])
+    (tmp_path / "file").write_text("a file, not a folder")
+    result = lldiff("darken", src, tmp_path / "file" / "out")
+    assert result.exit_code == 2
+    assert "cannot create output folder" in error_line(result)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mode", "sepia"], "lv"),
+    (["--alpha", "0.5,2"], "alpha range"),
+    (["--gamma", "a,b"], "MIN,MAX"),
+    (["--mode", "scale", "--gamma", "2,3"], "--gamma"),
+    (["--steps", "4"], "--progressive"),
+    (["--gain", "1e-3,2e-3"], "--noise"),
+    (["--format", "gif"], "allowed"),
+])
+def test_bad_options_fail_clearly(tmp_path, args, message):
+    src = plain_folder(tmp_path / "in", ["a.png"])
+    result = lldiff("darken", src, tmp_path / "out", *args)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["darken", "--help"], ["synthesize-dark", "--help"]])
+def test_help_is_fast_and_does_not_import_torch(argv):
+    code = (
+        "import sys, time\n"
+        "start = time.perf_counter()\n"
+        "from lldiff_cli.cli import app\n"
+        "try:\n"
+        f"    app({argv!r}, prog_name='lldiff')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('SECONDS', time.perf_counter() - start, 'TORCH', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "Usage" in done.stdout
+    seconds, torch_loaded = done.stdout.split("SECONDS")[1].split("TORCH")
+    assert torch_loaded.strip() == "False"
+    assert float(seconds) < 1.0
+
+
+def test_names_with_brackets_are_printed_as_they_are(tmp_path):
+    src = tmp_path / "in [x]"
+    src.mkdir()
+    (src / "IMG [night].jpg").write_text("not a JPEG")
+    result = lldiff("darken", src, tmp_path / "out", "-q")
+    assert result.exit_code == 1 and "failed IMG [night].jpg" in result.output
+    result = lldiff("darken", tmp_path / "gone [y]", tmp_path / "out")
+    assert result.exit_code == 2 and "gone [y]" in error_line(result)

@@ -1,0 +1,218 @@
+"""images.py: listing, decoding every odd kind of file, atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from lldiff_cli import images
+from lldiff_cli.errors import ImageReadError, LldiffError
+from lldiff_cli.images import list_images, output_path, read_image, write_image
+
+RNG = np.random.default_rng(0)
+
+
+def rgb8(h=6, w=10):
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def rgb16(h=6, w=10):
+    return RNG.integers(0, 65536, (h, w, 3), dtype=np.uint16)
+
+
+def as_hwc(t: torch.Tensor, scale: float) -> np.ndarray:
+    return (t[0].permute(1, 2, 0).numpy() * scale).round()
+
+
+def no_temp_files(root: Path) -> bool:
+    return not [p for p in root.rglob("*") if p.name.startswith(".") or ".part" in p.name]
+
+
+# --- reading ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif", ".webp"])
+def test_lossless_8bit_round_trip(tmp_path, suffix):
+    data = rgb8()
+    PILImage.fromarray(data).save(tmp_path / f"a{suffix}", **({"lossless": True} if suffix == ".webp" else {}))
+    im = read_image(tmp_path / f"a{suffix}")
+    assert im.rgb.shape == (1, 3, 6, 10) and im.rgb.dtype == torch.float32
+    assert im.bit_depth == 8 and im.alpha is None
+    np.testing.assert_array_equal(as_hwc(im.rgb, 255), data)
+    write_image(tmp_path / f"b{suffix}", im.rgb)
+    np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / f"b{suffix}").convert("RGB")), data)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_stays_16bit(tmp_path, suffix):
+    data = rgb16()
+    cv2.imwrite(str(tmp_path / f"a{suffix}"), data[:, :, ::-1])  # OpenCV is BGR
+    im = read_image(tmp_path / f"a{suffix}")
+    assert im.bit_depth == 16
+    np.testing.assert_array_equal(as_hwc(im.rgb, 65535), data)
+    write_image(tmp_path / f"b{suffix}", im.rgb, bit_depth=im.bit_depth)
+    back = cv2.imread(str(tmp_path / f"b{suffix}"), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back[:, :, ::-1], data)
+
+
+def test_16bit_grey_png(tmp_path):
+    data = RNG.integers(0, 65536, (5, 7), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "g.png"), data)
+    im = read_image(tmp_path / "g.png")
+    assert im.bit_depth == 16 and im.rgb.shape == (1, 3, 5, 7)
+    np.testing.assert_array_equal(as_hwc(im.rgb, 65535)[:, :, 1], data)
+
+
+def test_16bit_written_as_jpeg_falls_back_to_8bit(tmp_path):
+    write_image(tmp_path / "a.jpg", torch.rand(1, 3, 4, 4), bit_depth=16)
+    assert read_image(tmp_path / "a.jpg").bit_depth == 8
+
+
+def test_grey_becomes_three_equal_channels(tmp_path):
+    data = RNG.integers(0, 256, (5, 7), dtype=np.uint8)
+    PILImage.fromarray(data, "L").save(tmp_path / "g.png")
+    im = read_image(tmp_path / "g.png")
+    assert im.rgb.shape == (1, 3, 5, 7)
+    for c in range(3):
+        np.testing.assert_array_equal(as_hwc(im.rgb, 255)[:, :, c], data)
+
+
+def test_palette_is_expanded(tmp_path):
+    pal = PILImage.fromarray(rgb8()).quantize(colors=8)
+    pal.save(tmp_path / "p.png")
+    im = read_image(tmp_path / "p.png")
+    np.testing.assert_array_equal(as_hwc(im.rgb, 255), np.asarray(pal.convert("RGB")))
+
+
+def test_rgba_alpha_kept_where_the_format_allows(tmp_path):
+    data = RNG.integers(0, 256, (6, 10, 4), dtype=np.uint8)
+    PILImage.fromarray(data, "RGBA").save(tmp_path / "a.png")
+    im = read_image(tmp_path / "a.png")
+    assert im.alpha is not None and im.alpha.shape == (1, 1, 6, 10)
+    np.testing.assert_array_equal(as_hwc(im.alpha, 255)[:, :, 0], data[:, :, 3])
+    write_image(tmp_path / "b.png", im.rgb, im.alpha)
+    np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / "b.png")), data)
+    write_image(tmp_path / "b.jpg", im.rgb, im.alpha)  # JPEG has no alpha: dropped
+    assert PILImage.open(tmp_path / "b.jpg").mode == "RGB"
+
+
+def test_cmyk_jpeg(tmp_path):
+    PILImage.fromarray(rgb8(16, 16)).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    im = read_image(tmp_path / "c.jpg")
+    assert im.rgb.shape == (1, 3, 16, 16)
+    expected = np.asarray(PILImage.open(tmp_path / "c.jpg").convert("RGB"))
+    np.testing.assert_array_equal(as_hwc(im.rgb, 255), expected)
+
+
+@pytest.mark.parametrize("orientation,shape", [(1, (4, 8)), (3, (4, 8)), (6, (8, 4)), (8, (8, 4))])
+def test_exif_orientation_applied(tmp_path, orientation, shape):
+    data = np.zeros((4, 8, 3), np.uint8)
+    data[0, 0] = 255  # a white top-left corner to follow
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    PILImage.fromarray(data).save(tmp_path / "r.png", exif=exif)
+    im = read_image(tmp_path / "r.png")
+    assert im.size == shape
+    corner = {1: (0, 0), 3: (3, 7), 6: (0, 3), 8: (7, 0)}[orientation]
+    assert im.rgb[0, :, corner[0], corner[1]].min() == 1.0
+
+
+def test_exif_rotated_jpeg(tmp_path):
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    PILImage.fromarray(rgb8(4, 8)).save(tmp_path / "r.jpg", exif=exif)
+    assert read_image(tmp_path / "r.jpg").size == (8, 4)
+
+
+def test_large_images_are_not_refused(tmp_path):
+    write_image(tmp_path / "a.png", torch.zeros(1, 3, 2, 2))
+    read_image(tmp_path / "a.png")
+    assert PILImage.MAX_IMAGE_PIXELS == images.MAX_PIXELS > 179_000_000
+
+
+# --- bad files ----------------------------------------------------------------
+
+
+def _truncated_png(path: Path) -> None:
+    PILImage.fromarray(rgb8(64, 64)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("name,make,reason", [
+    ("zero.png", lambda p: p.write_bytes(b""), "empty file"),
+    ("text.jpg", lambda p: p.write_text("not an image"), "not a recognised image"),
+    ("cut.png", _truncated_png, "truncated"),
+    ("junk.png", lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), ""),
+])
+def test_bad_files_raise_with_path_and_reason(tmp_path, name, make, reason):
+    make(tmp_path / name)
+    with pytest.raises(ImageReadError) as info:
+        read_image(tmp_path / name)
+    assert info.value.path == tmp_path / name
+    assert name in str(info.value) and reason in info.value.reason
+
+
+def test_missing_file_raises_image_read_error(tmp_path):
+    with pytest.raises(ImageReadError, match="nope.png"):
+        read_image(tmp_path / "nope.png")
+
+
+# --- listing ------------------------------------------------------------------
+
+
+def test_list_images_sorted_recursive_and_skips_other_files(tmp_path):
+    for rel in ["b.png", "a.JPG", "c.jpeg", "d.bmp", "e.tiff", "f.tif", "g.webp", "sub/h.png",
+                "notes.txt", "x.gif", ".hidden.png", ".a.part.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "folder.png").mkdir()
+    top = ["a.JPG", "b.png", "c.jpeg", "d.bmp", "e.tiff", "f.tif", "g.webp"]
+    assert list_images(tmp_path) == [Path(p) for p in top]
+    assert list_images(tmp_path, recursive=True) == [Path(p) for p in top + ["sub/h.png"]]
+
+
+def test_list_images_of_a_missing_folder(tmp_path):
+    with pytest.raises(LldiffError, match="does not exist"):
+        list_images(tmp_path / "nope")
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(LldiffError, match="not a folder"):
+        list_images(tmp_path / "file.png")
+
+
+# --- writing ------------------------------------------------------------------
+
+
+def test_write_is_atomic_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    write_image(tmp_path / "sub" / "a.png", torch.rand(1, 3, 4, 4))
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.png"]
+
+    def broken(tmp, planes, suffix):
+        Path(tmp).write_bytes(b"half an image")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(images, "_write8", broken)
+    with pytest.raises(OSError):
+        write_image(tmp_path / "sub" / "b.png", torch.rand(1, 3, 4, 4))
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.png"]
+    assert no_temp_files(tmp_path)
+
+
+def test_write_refuses_unknown_extension(tmp_path):
+    with pytest.raises(LldiffError, match="unknown image extension"):
+        write_image(tmp_path / "a.gif", torch.rand(1, 3, 4, 4))
+
+
+def test_output_path_mirrors_and_changes_format():
+    assert output_path(Path("out"), Path("sub/a.JPG")) == Path("out/sub/a.JPG")
+    assert output_path(Path("out"), Path("sub/a.JPG"), "png") == Path("out/sub/a.png")
+    assert output_path(Path("out"), Path("a.png"), "jpeg") == Path("out/a.jpg")
+    assert output_path(Path("out"), Path("a.png"), ".TIFF") == Path("out/a.tif")
+    with pytest.raises(LldiffError, match="allowed"):
+        output_path(Path("out"), Path("a.png"), "gif")
