@@ -340,17 +340,14 @@ DEFAULT_MODEL_NAME = "lldiff-default"
 
 
 def model_dirs() -> list[Path]:
-    """Where shipped models are looked for: $LLDIFF_MODELS, the checkout's models/, and the
-    copy ``pip install .`` puts in <prefix>/share/lldiff/models."""
+    """Where shipped models are looked for: $LLDIFF_MODELS alone when set; else the checkout's
+    models/ and the copy ``pip install .`` puts in <prefix>/share/lldiff/models."""
     import os
     import sys
 
-    dirs = []
     if os.environ.get("LLDIFF_MODELS"):
-        dirs.append(Path(os.environ["LLDIFF_MODELS"]))
-    dirs.append(Path(__file__).resolve().parent.parent / "models")
-    dirs.append(Path(sys.prefix) / "share" / "lldiff" / "models")
-    return dirs
+        return [Path(os.environ["LLDIFF_MODELS"])]
+    return [Path(__file__).resolve().parent.parent / "models", Path(sys.prefix) / "share" / "lldiff" / "models"]
 
 
 def find_default_model() -> Path:

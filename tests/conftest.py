@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+from lldiff_cli.model import ModelConfig, WaveletDiffusion
+
+TINY = dict(
+    unet={"width": 8, "channel_mults": [1, 2], "blocks_per_level": 1, "attention_levels": [1], "dropout": 0.0},
+    hfrm={"width": 8, "dilations": [1, 2, 1], "heads": 2},
+    anchor={"width": 8, "channel_mults": [1, 2]},
+    schedule={"kind": "linear", "timesteps": 100, "beta_start": 1e-4, "beta_end": 0.02},
+    steps=2,
+)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    return ModelConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return WaveletDiffusion(tiny_config()).eval()

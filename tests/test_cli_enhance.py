@@ -1,0 +1,104 @@
+"""`lldiff enhance` through the command line, on a tiny random-weight model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from lldiff_cli.cli import app
+from lldiff_cli.images import read_image
+from lldiff_cli.model import WaveletDiffusion, save_checkpoint
+from tests.conftest import tiny_config
+
+runner = CliRunner()
+
+
+def lldiff(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(WaveletDiffusion(tiny_config()), path)
+    return path
+
+
+@pytest.fixture
+def dark_folder(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "dark"
+    (root / "sub").mkdir(parents=True)
+    PILImage.fromarray(rng.integers(0, 60, (21, 30, 3), dtype=np.uint8)).save(root / "a.png")
+    PILImage.fromarray(rng.integers(0, 60, (16, 16, 4), dtype=np.uint8), "RGBA").save(root / "b.png")
+    PILImage.fromarray(rng.integers(0, 60, (9, 13, 3), dtype=np.uint8)).save(root / "sub" / "c.jpg")
+    (root / "broken.jpg").write_text("not a jpeg")
+    return root
+
+
+def test_enhance_folder_any_size_keeps_names_alpha_and_reports_bad_files(tmp_path, checkpoint, dark_folder):
+    out = tmp_path / "out"
+    result = lldiff("enhance", dark_folder, out, "--model", checkpoint, "--recursive", "--quiet")
+    assert result.exit_code == 1, result.output
+    assert "broken.jpg" in result.output and "3 done" in result.output and "1 failed" in result.output
+    assert read_image(out / "a.png").size == (21, 30)
+    assert read_image(out / "b.png").alpha is not None
+    assert read_image(out / "sub" / "c.jpg").size == (9, 13)
+    assert not (out / "broken.jpg").exists()
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_enhance_is_reproducible_and_resumes(tmp_path, checkpoint, dark_folder):
+    args = ["--model", checkpoint, "--quiet", "--seed", "7", "--eta", "1"]
+    lldiff("enhance", dark_folder, tmp_path / "o1", *args)
+    lldiff("enhance", dark_folder, tmp_path / "o2", *args)
+    a, b = read_image(tmp_path / "o1" / "a.png").rgb, read_image(tmp_path / "o2" / "a.png").rgb
+    assert torch.equal(a, b)
+    again = lldiff("enhance", dark_folder, tmp_path / "o1", *args)
+    assert "0 done, 2 skipped" in again.output
+
+
+def test_enhance_tiles_and_format_and_exposure(tmp_path, checkpoint, dark_folder):
+    result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--quiet",
+                    "--tile", "64", "--overlap", "8", "--format", "webp", "--exposure", "0.4")
+    assert result.exit_code == 1  # broken.jpg
+    assert (tmp_path / "o" / "a.webp").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--exposure", "bright"], "--exposure must be 'auto' or a number"),
+    (["--exposure", "1.5"], "--exposure must be in (0, 1)"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--half", "--device", "cpu"], "--half needs CUDA"),
+])
+def test_enhance_bad_options_are_one_line(tmp_path, checkpoint, dark_folder, args, message):
+    result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, *args)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_enhance_without_a_default_model_says_so(tmp_path, dark_folder, monkeypatch):
+    monkeypatch.setenv("LLDIFF_MODELS", str(tmp_path / "empty"))
+    result = lldiff("enhance", dark_folder, tmp_path / "o")
+    assert result.exit_code == 2
+    assert "no default model is installed" in result.output
+
+
+def test_enhance_refuses_input_as_output_and_missing_input(tmp_path, checkpoint, dark_folder):
+    result = lldiff("enhance", dark_folder, dark_folder, "--model", checkpoint)
+    assert result.exit_code == 2 and "output folder is the input folder" in result.output
+    result = lldiff("enhance", tmp_path / "nope", tmp_path / "o", "--model", checkpoint)
+    assert result.exit_code == 2 and "input folder does not exist" in result.output
+
+
+def test_enhance_with_a_corrupt_model_file(tmp_path, dark_folder):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 10)
+    result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", bad)
+    assert result.exit_code == 2 and "bad.pt" in result.output and "Traceback" not in result.output
