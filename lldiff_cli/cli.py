@@ -365,16 +365,17 @@ def eval_command(
         if json_path:
             ev.write_json(result, proto, json_path)
             console.print(f"summary: {json_path}", highlight=False)
-        if sheet and cells:
+        if sheet:
             labels = ["input", *names] + (["ground truth"] if data.paired else [])
-            rows = [(name, [cells[name][label] for label in labels])
-                    for name in sorted(cells) if all(label in cells[name] for label in labels)]
+            rows = [(name, [cells[name][label] for label in labels]) for name in sorted(cells)
+                    if all(label in cells[name] for label in labels)]
             if rows:
                 write_image(sheet, ev.comparison_sheet(rows, labels))
                 console.print(f"comparison sheet: {sheet}", highlight=False)
-        left_out = sorted(on_sheet - {name for name, _ in rows}) if sheet and cells else sorted(on_sheet)
-        if sheet and left_out:
-            console.print(f"left off the sheet (not scored by every method): {', '.join(left_out)}", highlight=False)
+            left_out = sorted(on_sheet - {name for name, _ in rows})
+            if left_out:
+                console.print(f"left off the sheet (not scored by every method): {', '.join(left_out)}",
+                              highlight=False)
     if save_dir is not None:
         console.print(f"enhanced images: {save_dir}", highlight=False)
     if result.failures:
@@ -389,45 +390,109 @@ def eval_command(
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Training config YAML (see lldiff_cli/configs/).")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. optim.lr=1e-4 data.crop=192.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from OUT_DIR/last.pt.")] = False,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Training config YAML (see lldiff_cli/configs/); unknown keys are errors.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, type-checked, e.g. optim.lr=1e-4 data.crop=192 data.photos=DIR.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from OUT_DIR/last.pt (model, EMA, optimiser, step).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a model from paired data; checkpoints, validation and a curve go to out_dir."""
+    """Train a model on image pairs and/or normal-light photos darkened on the fly.
+
+    out_dir gets config.yaml, split.json, log.jsonl, last.pt, best.pt (best validation PSNR)
+    and curve.png. Ctrl-C stops after the current step and saves last.pt; --resume continues.
+    Several GPUs: torchrun --nproc_per_node N -m lldiff_cli train -c CONFIG.yaml
+    """
     import json
     import signal
 
     with user_errors():
         from lldiff_cli.config import dump_yaml, load_config, to_dict
         from lldiff_cli.device import pick_device
-        from lldiff_cli.train import TrainConfig, load_pairs_uint8, split_by_blocks, train as run_training, training_files
+        from lldiff_cli.train import (TrainConfig, check_config, check_out_dir, distributed_env,
+                                      load_training_data, train as run_training)
 
         cfg = load_config(TrainConfig, config, overrides or [])
+        check_config(cfg)
+        check_out_dir(cfg, resume)
         dev = pick_device(device)
-        files = training_files(cfg.data)
-        train_idx, val_idx = split_by_blocks([f[0] for f in files], cfg.data.val_fraction, cfg.data.val_block)
-        pairs = load_pairs_uint8([(f[1], f[2]) for f in files])
-        out_dir = Path(cfg.out_dir)
+        is_main = distributed_env()[0] == 0  # under torchrun only rank 0 writes and reports
+        quiet = quiet or not is_main
+        data = load_training_data(cfg)
+    out_dir = Path(cfg.out_dir)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(to_dict(cfg), out_dir / "config.yaml")
-        (out_dir / "split.json").write_text(json.dumps({"val": [files[i][0] for i in val_idx]}))
-        console.print(f"training on {len(train_idx)} pairs, validating on {len(val_idx)}; device {dev}; out {out_dir}")
-        stop = {"now": False}
-        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
-        log_file = open(out_dir / "log.jsonl", "a")
+        (out_dir / "split.json").write_text(json.dumps({"val": data.val_names}, indent=1) + "\n")
+        if data.skipped:
+            name, reason = data.skipped[0]
+            console.print(f"[yellow]{len(data.skipped)} file(s) left out[/], e.g. {escape(name)}: {escape(reason)}",
+                          highlight=False, soft_wrap=True)
+    if not quiet:
+        sources = [f"{len(data.pairs)} pairs"] * bool(data.pairs) + [f"{len(data.photos)} photos"] * bool(data.photos)
+        console.print(f"training on {' + '.join(sources)}, validating on {len(data.val_pairs)}; device {dev}; "
+                      f"out {escape(str(out_dir))}", highlight=False, soft_wrap=True)
 
-        def on_log(record: dict) -> None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            if not quiet:
-                console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-                              highlight=False)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
 
-        result = run_training(cfg, train_pairs=[pairs[i] for i in train_idx], val_pairs=[pairs[i] for i in val_idx],
-                              device=dev, resume=resume, on_log=on_log, stop=lambda: stop["now"])
-        console.print(f"stopped at step {result['step']}; best validation PSNR {result['best_psnr']:.2f} dB; "
-                      f"checkpoints in {out_dir}")
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+                        console=console, disable=quiet)
+    task = progress.add_task("train", total=cfg.optim.max_steps, rate="", loss="")
+    started = []
+
+    def on_step(step: int) -> None:
+        if not started:  # a resumed run starts mid-way: measure the speed from here
+            started.append(step)
+            progress.reset(task, total=cfg.optim.max_steps, completed=step - 1, rate="", loss="")
+        progress.update(task, completed=step)
+        speed = progress.tasks[0].speed
+        if speed:
+            progress.update(task, rate=f"{speed:.2f} it/s" if speed >= 1 else f"{1 / speed:.1f} s/it")
+
+    log_file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if is_main else None
+
+    def on_log(record: dict) -> None:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        if "val_psnr" in record:
+            line = f"step {record['step']}: validation PSNR {record['val_psnr']:.2f} dB (best {record['best_psnr']:.2f})"
+        else:
+            progress.update(task, loss=f"loss {record['loss']:.4g}")
+            line = f"step {record['step']}: " + " ".join(
+                f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "it_s") and isinstance(v, float))
+        if not quiet:
+            progress.console.print(line, highlight=False, soft_wrap=True)
+
+    stop = {"now": False}
+
+    def on_interrupt(*_):
+        if stop["now"]:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        stop["now"] = True
+        if not quiet:
+            progress.console.print("stopping after this step (Ctrl-C again to quit without saving)", highlight=False)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        with user_errors(), progress:
+            result = run_training(cfg, data, device=dev, resume=resume, on_log=on_log, on_step=on_step,
+                                  stop=lambda: stop["now"])
+    except KeyboardInterrupt:
+        fail("interrupted; the last saved checkpoint is kept: continue with --resume", code=130)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if log_file:
+            log_file.close()
+    if is_main:
+        best = (f"best validation PSNR {result['best_psnr']:.2f} dB" if result["best_psnr"] >= 0
+                else "no validation (no held-out images)")
+        console.print(f"{'interrupted' if stop['now'] else 'stopped'} at step {result['step']}; {best}; "
+                      f"checkpoints, curve.png and log.jsonl in {escape(str(out_dir))}", highlight=False, soft_wrap=True)
+    if stop["now"]:
+        if is_main:
+            console.print("continue with the same command and --resume", highlight=False)
+        raise typer.Exit(130)
 
 
 def main() -> None:  # pragma: no cover - console entry point

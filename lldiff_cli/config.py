@@ -129,12 +129,7 @@ def load_config(cls, path: Path | None, overrides: list[str] = ()):
 
 
 def dump_yaml(data: dict, path: Path) -> None:
-    import os
-    import tempfile
+    from lldiff_cli.atomic import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(data, fh, sort_keys=False)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -26,14 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from lldiff_cli.atomic import atomic_write
 from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import FORMATS, Image, list_images, output_path, write_image
@@ -385,15 +384,9 @@ class _Manifest:
         self._compact()
 
     def _compact(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".part", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                for source in sorted(self.records):
-                    fh.write(json.dumps(self.records[source]) + "\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(self.records[s]) + "\n" for s in sorted(self.records)),
+                           encoding="utf-8")
 
 
 def list_inputs(in_dir: Path, out_dir: Path, recursive: bool = False) -> list[Path]:

@@ -15,13 +15,13 @@ Unreadable files raise :class:`ImageReadError` naming the file and the reason.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lldiff_cli.atomic import atomic_write
 from lldiff_cli.errors import ImageReadError, LldiffError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -209,17 +209,11 @@ def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None
     if alpha is not None and suffix in _ALPHA_FORMATS:
         a = alpha[0] if alpha.dim() == 4 else alpha
         planes = torch.cat([planes, a], dim=0)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, suffix) as tmp:
         if bit_depth == 16 and suffix in _SIXTEEN_BIT_FORMATS:
-            _write16(tmp, planes)
+            _write16(str(tmp), planes)
         else:
-            _write8(tmp, planes, suffix)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            _write8(str(tmp), planes, suffix)
 
 
 def _write8(tmp: str, planes: torch.Tensor, suffix: str) -> None:

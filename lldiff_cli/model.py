@@ -288,21 +288,12 @@ def _ssim_fp32(a: torch.Tensor, b: torch.Tensor, window: int, sigma: float) -> t
 
 def save_checkpoint(model: WaveletDiffusion, path: Path, extra: Optional[dict] = None) -> None:
     """Write weights + config atomically to ``path`` (.pt); loadable with weights_only=True."""
-    import os
-    import tempfile
+    from lldiff_cli.atomic import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": "lldiff-checkpoint-1", "config": asdict(model.config),
                "state_dict": model.state_dict(), **(extra or {})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

@@ -1,0 +1,222 @@
+"""Dataset layouts: where the low-light images and their ground truth live, paired by name.
+
+A dataset is a list of :class:`Pair` (name, low-light file, ground-truth file or None)
+plus the files that could not be paired, each with its reason, so that one bad file
+is reported by name and the others are still used. Nothing here decodes an image.
+
+Known layouts under a data root (``--data-root``, ``$LLDIFF_DATA``, default ``./data``):
+
+=============  ==========================================================
+``LOL``        ``LOL/eval15/{low,high}`` (test), ``LOL/our485/{low,high}`` (train)
+``LOLv2-real`` ``LOL-v2/Real_captured/{Test,Train}/{Low,Normal}``
+``LOLv2-syn``  ``LOL-v2/Synthetic/{Test,Train}/{Low,Normal}``
+``VE-LOL``     ``VE-LOL-L/VE-LOL-L-Cap-Full/{test,train}/{low,high}``
+=============  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lldiff_cli.errors import LldiffError
+from lldiff_cli.images import list_images
+
+DATA_ENV = "LLDIFF_DATA"
+SPLITS = ("train", "test")
+
+# dataset -> split -> (low folder, ground-truth folder), relative to the data root.
+LAYOUTS: dict[str, dict[str, tuple[str, str]]] = {
+    "LOL": {
+        "test": ("LOL/eval15/low", "LOL/eval15/high"),
+        "train": ("LOL/our485/low", "LOL/our485/high"),
+    },
+    "LOLv2-real": {
+        "test": ("LOL-v2/Real_captured/Test/Low", "LOL-v2/Real_captured/Test/Normal"),
+        "train": ("LOL-v2/Real_captured/Train/Low", "LOL-v2/Real_captured/Train/Normal"),
+    },
+    "LOLv2-syn": {
+        "test": ("LOL-v2/Synthetic/Test/Low", "LOL-v2/Synthetic/Test/Normal"),
+        "train": ("LOL-v2/Synthetic/Train/Low", "LOL-v2/Synthetic/Train/Normal"),
+    },
+    "VE-LOL": {
+        "test": ("VE-LOL-L/VE-LOL-L-Cap-Full/test/low", "VE-LOL-L/VE-LOL-L-Cap-Full/test/high"),
+        "train": ("VE-LOL-L/VE-LOL-L-Cap-Full/train/low", "VE-LOL-L/VE-LOL-L-Cap-Full/train/high"),
+    },
+}
+
+# LOL-v2 (and VE-LOL) name a pair low00690.png / normal00690.png: when no ground truth has
+# the low image's own name, its "low" prefix is swapped for one of these.
+_LOW_PREFIX = "low"
+_GT_PREFIXES = ("normal", "high", "gt")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One scored image: ``name`` (the low file's path relative to its folder, without
+    extension), the low-light file, and the ground-truth file (None when unpaired)."""
+
+    name: str
+    low: Path
+    high: Path | None = None
+
+
+@dataclass
+class Dataset:
+    """Pairs to use, and the files that could not be paired as (name, reason)."""
+
+    description: str
+    pairs: list[Pair]
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    paired: bool = True
+
+    def limit(self, n: int | None) -> "Dataset":
+        """The first ``n`` pairs (all when n is None)."""
+        if n is None:
+            return self
+        if n < 1:
+            raise LldiffError(f"--limit must be at least 1, got {n}")
+        return Dataset(self.description, self.pairs[:n], self.problems, self.paired)
+
+
+def default_data_root() -> Path:
+    """``$LLDIFF_DATA`` when set, else ``./data``."""
+    return Path(os.environ.get(DATA_ENV) or "data")
+
+
+def layout_dirs(dataset: str, root: Path, split: str = "test") -> tuple[Path, Path]:
+    """The (low, ground-truth) folders of a named layout; errors name the path and the layout."""
+    names = {k.lower(): k for k in LAYOUTS}
+    key = names.get(dataset.lower())
+    if key is None:
+        raise LldiffError(f"unknown dataset {dataset!r}; allowed: {', '.join(LAYOUTS)} "
+                          "(or --low DIR [--high DIR] for any folders)")
+    if split not in SPLITS:
+        raise LldiffError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    low_rel, high_rel = LAYOUTS[key][split]
+    low, high = Path(root) / low_rel, Path(root) / high_rel
+    for folder in (low, high):
+        if not folder.is_dir():
+            common = os.path.commonpath([low_rel, high_rel])
+            tails = f"{{{Path(low_rel).name},{Path(high_rel).name}}}"
+            raise LldiffError(f"{key} ({split} split) not found: no folder {folder}; "
+                              f"expected {Path(root) / common}/{tails} under the data root "
+                              f"(--data-root or ${DATA_ENV})")
+    return low, high
+
+
+def _stem(rel: Path) -> str:
+    return rel.with_suffix("").as_posix()
+
+
+def _gt_candidates(name: str) -> list[str]:
+    """Ground-truth names that may belong to low image ``name``, in order of preference."""
+    folder, _, base = name.rpartition("/")
+    out = [name]
+    if base.lower().startswith(_LOW_PREFIX):
+        rest = base[len(_LOW_PREFIX):]
+        prefix = base[:len(_LOW_PREFIX)]
+        for gt in _GT_PREFIXES:
+            # keep the case style: Low001 -> Normal001, LOW001 -> NORMAL001
+            styled = gt.upper() if prefix.isupper() else gt.capitalize() if prefix[0].isupper() else gt
+            out.append(f"{folder}/{styled}{rest}" if folder else f"{styled}{rest}")
+    return out
+
+
+def paired_folders(low_dir: Path, high_dir: Path, recursive: bool = False,
+                   description: str | None = None) -> Dataset:
+    """Pair the images of two folders by name (the extension may differ).
+
+    A low image pairs with the ground truth of the same name, or else with the name whose
+    ``low`` prefix is swapped for ``normal``/``high``/``gt`` (``low00690.png`` ->
+    ``normal00690.png``). Low images without ground truth, ground truth without a low
+    image, and names shared by two files are problems, not errors.
+    """
+    low_dir, high_dir = Path(low_dir), Path(high_dir)
+    lows = list_images(low_dir, recursive)
+    highs = list_images(high_dir, recursive)
+    if not lows:
+        raise LldiffError(f"no images in {low_dir}")
+    by_name: dict[str, list[Path]] = defaultdict(list)
+    for rel in highs:
+        by_name[_stem(rel)].append(rel)
+    low_names: dict[str, list[Path]] = defaultdict(list)
+    for rel in lows:
+        low_names[_stem(rel)].append(rel)
+
+    pairs, problems, used = [], [], set()
+    for name, rels in low_names.items():
+        if len(rels) > 1:
+            problems.append((name, f"two low-light files share this name: {', '.join(map(str, rels))}"))
+            continue
+        match = next((c for c in _gt_candidates(name) if c in by_name), None)
+        if match is None:
+            problems.append((name, f"no ground truth: no {name}.* in {high_dir}"))
+            continue
+        used.add(match)
+        if len(by_name[match]) > 1:
+            problems.append((name, "two ground-truth files share this name: "
+                                   + ", ".join(str(high_dir / r) for r in by_name[match])))
+            continue
+        pairs.append(Pair(name, low_dir / rels[0], high_dir / by_name[match][0]))
+    for name in by_name:
+        if name not in used:
+            problems.append((name, f"ground truth without a low-light image in {low_dir}"))
+    pairs.sort(key=lambda p: p.name)
+    problems.sort()
+    return Dataset(description or f"{low_dir} vs {high_dir}", pairs, problems, paired=True)
+
+
+def unpaired_folder(low_dir: Path, recursive: bool = False) -> Dataset:
+    """Every image of a folder, without ground truth (no-reference metrics only)."""
+    low_dir = Path(low_dir)
+    rels = list_images(low_dir, recursive)
+    if not rels:
+        raise LldiffError(f"no images in {low_dir}")
+    pairs = [Pair(_stem(rel), low_dir / rel, None) for rel in rels]
+    return Dataset(str(low_dir), pairs, [], paired=False)
+
+
+def load_dataset(dataset: str | None = None, *, root: Path | None = None, split: str = "test",
+                 low: Path | None = None, high: Path | None = None) -> Dataset:
+    """A named layout under ``root``, or the folders ``low`` (and ``high`` when paired)."""
+    if dataset and (low or high):
+        raise LldiffError("give either --dataset or --low/--high, not both")
+    if dataset:
+        root = Path(root) if root is not None else default_data_root()
+        low_dir, high_dir = layout_dirs(dataset, root, split)
+        key = next(k for k in LAYOUTS if k.lower() == dataset.lower())
+        return paired_folders(low_dir, high_dir, description=f"{key} {split} ({low_dir.parent})")
+    if high and not low:
+        raise LldiffError("--high needs --low: the folder of low-light inputs")
+    if not low:
+        raise LldiffError(f"no images to score: give --dataset ({', '.join(LAYOUTS)}) or --low DIR [--high DIR]")
+    for folder, flag in ((low, "--low"), (high, "--high")):
+        if folder is not None and not Path(folder).is_dir():
+            raise LldiffError(f"{flag} folder not found: {folder}")
+    return paired_folders(low, high) if high else unpaired_folder(low)
+
+
+def split_pairs(pairs: list[Pair], val_fraction: float, seed: int = 0,
+                group: Callable[[Pair], str] = lambda p: p.name) -> tuple[list[Pair], list[Pair]]:
+    """Hold out whole groups (scenes) for validation: returns (train, val).
+
+    ``group(pair)`` names a pair's scene (default: its name, since LOL has one pair per
+    scene); all pairs of a scene land on the same side. The split depends only on the
+    group names, ``val_fraction`` and ``seed``, not on the order of ``pairs``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise LldiffError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    groups = sorted({group(p) for p in pairs})
+    random.Random(seed).shuffle(groups)
+    n_val = round(len(groups) * val_fraction)
+    if val_fraction > 0 and n_val == 0 and len(groups) > 1:
+        n_val = 1
+    held = set(groups[:n_val])
+    train = [p for p in pairs if group(p) not in held]
+    val = [p for p in pairs if group(p) in held]
+    return train, val

@@ -1,0 +1,178 @@
+"""`lldiff eval` through the command line, on a generated LOL-shaped tree of tiny images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from lldiff_cli import metrics as M
+from lldiff_cli.cli import app
+
+runner = CliRunner()
+H, W = 32, 48
+FAST = ["--metric", "psnr", "--metric", "ssim", "--metric", "psnr_gtmean", "--metric", "ssim_gtmean"]
+
+
+def lldiff(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def pair(seed: int, h=H, w=W) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 5, y * 7, (x + y) * 3], axis=2) % 256
+    high = np.clip(base + rng.integers(0, 30, base.shape), 0, 255).astype(np.uint8)
+    low = (high.astype(np.float64) * 0.08).round().astype(np.uint8)
+    return low, high
+
+
+def lol_tree(root: Path, bad: bool = True) -> Path:
+    """LOL/eval15 with three good pairs and, if ``bad``, a missing ground truth,
+    a size mismatch and an unreadable low-light image."""
+    low_dir, high_dir = root / "LOL/eval15/low", root / "LOL/eval15/high"
+    low_dir.mkdir(parents=True)
+    high_dir.mkdir(parents=True)
+    for i in (1, 2, 3):
+        low, high = pair(i)
+        PILImage.fromarray(low).save(low_dir / f"{i}.png")
+        PILImage.fromarray(high).save(high_dir / f"{i}.png")
+    if bad:
+        PILImage.fromarray(pair(4)[0]).save(low_dir / "4.png")  # no ground truth
+        PILImage.fromarray(pair(5)[0]).save(low_dir / "5.png")  # size mismatch
+        PILImage.fromarray(pair(5, h=H + 2)[1]).save(high_dir / "5.png")
+        (low_dir / "6.png").write_bytes(b"not an image at all")  # unreadable
+        PILImage.fromarray(pair(6)[1]).save(high_dir / "6.png")
+    return root
+
+
+def test_eval_scores_good_images_and_names_the_bad_ones(tmp_path):
+    root = lol_tree(tmp_path / "data")
+    out = tmp_path / "out"
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "identity", "-m", "gamma:0.25",
+               "--json", out / "r.json", "--csv", out / "r.csv", "--save-dir", out / "imgs",
+               "--sheet", out / "sheet.png", "--sheet-images", "1,3.png,6", "-q")
+    assert r.exit_code == 1, r.output
+    assert "4: no ground truth" in r.stderr
+    assert "5: size mismatch" in r.stderr
+    assert "6: " in r.stderr and "6.png" in r.stderr
+    assert "identity" in r.stdout and "gamma:0.25" in r.stdout and "n/a" in r.stdout
+
+    report = json.loads((out / "r.json").read_text())
+    assert report["protocol"]["split"] == "test"
+    assert set(report["protocol"]["versions"]) >= {"lldiff", "torch", "numpy", "opencv", "python"}
+    assert "Gaussian" in report["protocol"]["definitions"]["ssim"]
+    results = {e["method"]: e for e in report["results"]}
+    assert list(results) == ["identity", "gamma:0.25"]
+    for e in results.values():
+        assert e["n"] == 3
+        assert {"psnr", "ssim", "psnr_gtmean", "ssim_gtmean", "loe", "niqe"} <= set(e)
+        assert e["lpips"] is None  # no weights here: n/a, never a number
+        assert e["niqe"] is None  # 48x32 is too small for NIQE
+    assert results["gamma:0.25"]["psnr"] > results["identity"]["psnr"]
+    assert sorted(f["image"] for f in report["failures"]) == ["4", "5", "6"]
+
+    # The means are the metrics of the files themselves.
+    lows = [np.asarray(PILImage.open(root / f"LOL/eval15/low/{i}.png")) for i in (1, 2, 3)]
+    highs = [np.asarray(PILImage.open(root / f"LOL/eval15/high/{i}.png")) for i in (1, 2, 3)]
+    assert results["identity"]["psnr"] == pytest.approx(np.mean([M.psnr(a, b) for a, b in zip(lows, highs)]))
+    assert results["identity"]["ssim"] == pytest.approx(np.mean([M.ssim(a, b) for a, b in zip(lows, highs)]))
+    gamma = [np.round((a / 255.0) ** 0.25 * 255) for a in lows]
+    assert results["gamma:0.25"]["psnr"] == pytest.approx(
+        np.mean([M.psnr(a, b) for a, b in zip(gamma, highs)]), abs=0.05)
+
+    with open(out / "r.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6
+    assert {(row["method"], row["image"]) for row in rows} == {
+        (m, str(i)) for m in ("identity", "gamma:0.25") for i in (1, 2, 3)}
+    assert all(row["lpips"] == "" and float(row["psnr"]) > 0 for row in rows)
+
+    saved = sorted(p.relative_to(out / "imgs").as_posix() for p in (out / "imgs").rglob("*.png"))
+    assert saved == [f"{m}/{i}.png" for m in ("gamma_0.25", "identity") for i in (1, 2, 3)]
+    sheet = PILImage.open(out / "sheet.png")
+    assert sheet.width > 4 * 320 and sheet.height > 2 * 200  # 2 rows x (input, 2 methods, truth)
+    assert "left off the sheet (not scored by every method): 6" in r.stderr
+
+
+def test_eval_of_a_clean_set_exits_0(tmp_path):
+    root = lol_tree(tmp_path / "data", bad=False)
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-q", *FAST)
+    assert r.exit_code == 0, r.output
+    assert "identity" in r.stdout and "LOE" not in r.stdout
+
+
+def test_eval_reads_the_data_root_from_the_environment(tmp_path, monkeypatch):
+    root = lol_tree(tmp_path / "data", bad=False)
+    monkeypatch.setenv("LLDIFF_DATA", str(root))
+    r = lldiff("eval", "--dataset", "LOL", "-m", "he", "--limit", "1", "-q", *FAST)
+    assert r.exit_code == 0, r.output
+    assert "1 images" in r.stdout
+
+
+def test_eval_missing_layout_is_one_line_naming_the_path(tmp_path):
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", tmp_path, "-q")
+    assert r.exit_code == 2
+    assert str(tmp_path / "LOL/eval15/low") in r.stderr.replace("\n", "")
+    assert "eval15/{low,high}" in r.stderr.replace("\n", "")
+    assert "Traceback" not in r.output
+
+
+def test_eval_unknown_method_lists_the_allowed(tmp_path):
+    root = lol_tree(tmp_path / "data", bad=False)
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "magic")
+    assert r.exit_code == 2
+    assert "unknown method 'magic'" in r.stderr and "gamma:G" in r.stderr
+
+
+def test_eval_of_an_unpaired_folder_uses_no_reference_metrics(tmp_path):
+    root = lol_tree(tmp_path / "data", bad=False)
+    out = tmp_path / "r.json"
+    r = lldiff("eval", "--low", root / "LOL/eval15/low", "-m", "clahe", "--json", out, "-q")
+    assert r.exit_code == 0, r.output
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["n"] == 3 and "psnr" not in entry and entry["loe"] > 0
+    r = lldiff("eval", "--low", root / "LOL/eval15/low", "--metric", "psnr")
+    assert r.exit_code == 2 and "need ground truth" in r.stderr
+
+
+def test_eval_with_lpips_weights_fills_the_column(tmp_path):
+    import torch
+
+    root = lol_tree(tmp_path / "data", bad=False)
+    torch.manual_seed(0)
+    model = M.LPIPS()
+    torch.save(model.state_dict(), tmp_path / "lpips.pth")
+    out = tmp_path / "r.json"
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "--lpips-weights", tmp_path / "lpips.pth",
+               "--metric", "lpips", "--json", out, "-q")
+    assert r.exit_code == 0, r.output
+    (entry,) = json.loads(out.read_text())["results"]
+    assert isinstance(entry["lpips"], float)
+    assert json.loads(out.read_text())["protocol"]["lpips_weights"] == [str(tmp_path / "lpips.pth")]
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "--lpips-weights", tmp_path / "none.pth")
+    assert r.exit_code == 2 and "LPIPS weights not found" in r.stderr
+
+
+def test_eval_scores_a_checkpoint_beside_the_baselines(tmp_path):
+    import torch
+
+    from tests.conftest import tiny_config
+    from lldiff_cli.model import WaveletDiffusion, save_checkpoint
+
+    root = lol_tree(tmp_path / "data", bad=False)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(WaveletDiffusion(tiny_config()), ckpt)
+    out = tmp_path / "r.json"
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", ckpt, "-m", "identity",
+               "--limit", "2", "--json", out, "-q", *FAST)
+    assert r.exit_code == 0, r.output
+    results = json.loads(out.read_text())["results"]
+    assert [e["method"] for e in results] == ["tiny", "identity"]
+    assert results[0]["n"] == 2 and isinstance(results[0]["psnr"], float)

@@ -1,0 +1,129 @@
+"""Dataset layouts and pairing by name, on generated folders (no image is decoded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lldiff_cli import data as D
+from lldiff_cli.errors import LldiffError
+
+
+def touch(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    return folder
+
+
+def test_lol_layouts_and_splits(tmp_path):
+    touch(tmp_path / "LOL/eval15/low", "1.png", "22.png")
+    touch(tmp_path / "LOL/eval15/high", "1.png", "22.png")
+    touch(tmp_path / "LOL/our485/low", "2.png")
+    touch(tmp_path / "LOL/our485/high", "2.png")
+    test = D.load_dataset("LOL", root=tmp_path)
+    assert [p.name for p in test.pairs] == ["1", "22"]
+    assert test.pairs[0].low == tmp_path / "LOL/eval15/low/1.png"
+    assert test.pairs[0].high == tmp_path / "LOL/eval15/high/1.png"
+    assert test.problems == [] and test.paired
+    train = D.load_dataset("lol", root=tmp_path, split="train")
+    assert [p.name for p in train.pairs] == ["2"]
+
+
+def test_lolv2_real_pairs_low_with_normal(tmp_path):
+    root = tmp_path / "LOL-v2/Real_captured/Test"
+    touch(root / "Low", "low00690.png", "low00691.png")
+    touch(root / "Normal", "normal00690.png", "normal00691.png")
+    ds = D.load_dataset("LOLv2-real", root=tmp_path)
+    assert [(p.low.name, p.high.name) for p in ds.pairs] == [
+        ("low00690.png", "normal00690.png"), ("low00691.png", "normal00691.png")]
+
+
+@pytest.mark.parametrize("name,low,high", [
+    ("LOLv2-syn", "LOL-v2/Synthetic/Train/Low", "LOL-v2/Synthetic/Train/Normal"),
+    ("VE-LOL", "VE-LOL-L/VE-LOL-L-Cap-Full/train/low", "VE-LOL-L/VE-LOL-L-Cap-Full/train/high"),
+])
+def test_other_layouts(tmp_path, name, low, high):
+    touch(tmp_path / low, "a.png")
+    touch(tmp_path / high, "a.png")
+    assert [p.name for p in D.load_dataset(name, root=tmp_path, split="train").pairs] == ["a"]
+
+
+def test_missing_layout_names_the_path_and_the_layout(tmp_path):
+    with pytest.raises(LldiffError) as err:
+        D.load_dataset("LOL", root=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "LOL/eval15/low") in message
+    assert "LOL/eval15/{low,high}" in message
+    assert "\n" not in message
+
+
+def test_unknown_dataset_and_split(tmp_path):
+    with pytest.raises(LldiffError, match="allowed: LOL, LOLv2-real"):
+        D.load_dataset("SID", root=tmp_path)
+    with pytest.raises(LldiffError, match="allowed: train, test"):
+        D.load_dataset("LOL", root=tmp_path, split="val")
+
+
+def test_problems_are_named_and_the_rest_paired(tmp_path):
+    low = touch(tmp_path / "low", "a.png", "b.png", "c.jpg", "d.png", "d.jpg")
+    high = touch(tmp_path / "high", "a.png", "c.png", "z.png", "d.png")
+    ds = D.paired_folders(low, high)
+    assert [(p.name, p.high.name) for p in ds.pairs] == [("a", "a.png"), ("c", "c.png")]
+    problems = dict(ds.problems)
+    assert "no ground truth" in problems["b"]
+    assert "without a low-light image" in problems["z"]
+    assert "two low-light files" in problems["d"]
+
+
+def test_plain_names_win_over_the_prefix_rule(tmp_path):
+    low = touch(tmp_path / "low", "low1.png")
+    high = touch(tmp_path / "high", "low1.png", "normal1.png")
+    ds = D.paired_folders(low, high)
+    assert ds.pairs[0].high.name == "low1.png"
+    assert [n for n, _ in ds.problems] == ["normal1"]
+
+
+def test_unpaired_folder_and_argument_errors(tmp_path):
+    low = touch(tmp_path / "low", "x.png", "y.webp", "notes.txt")
+    ds = D.load_dataset(low=low)
+    assert not ds.paired and [p.high for p in ds.pairs] == [None, None]
+    with pytest.raises(LldiffError, match="not both"):
+        D.load_dataset("LOL", low=low)
+    with pytest.raises(LldiffError, match="--high needs --low"):
+        D.load_dataset(high=low)
+    with pytest.raises(LldiffError, match="--low folder not found"):
+        D.load_dataset(low=tmp_path / "nope")
+    with pytest.raises(LldiffError, match="no images"):
+        D.load_dataset(low=touch(tmp_path / "empty"))
+
+
+def test_default_data_root(monkeypatch, tmp_path):
+    monkeypatch.delenv(D.DATA_ENV, raising=False)
+    assert D.default_data_root() == Path("data")
+    monkeypatch.setenv(D.DATA_ENV, str(tmp_path))
+    assert D.default_data_root() == tmp_path
+
+
+def test_limit(tmp_path):
+    touch(tmp_path / "l", "a.png", "b.png", "c.png")
+    ds = D.load_dataset(low=tmp_path / "l")
+    assert [p.name for p in ds.limit(2).pairs] == ["a", "b"]
+    with pytest.raises(LldiffError):
+        ds.limit(0)
+
+
+def test_split_pairs_holds_out_whole_scenes_reproducibly():
+    pairs = [D.Pair(f"s{i // 3}_{i % 3}", Path(f"{i}.png"), Path(f"{i}.png")) for i in range(30)]
+    scene = lambda p: p.name.split("_")[0]  # noqa: E731
+    train, val = D.split_pairs(pairs, 0.2, seed=1, group=scene)
+    assert len(val) == 6 and len(train) == 24
+    assert not {scene(p) for p in train} & {scene(p) for p in val}
+    again = D.split_pairs(list(reversed(pairs)), 0.2, seed=1, group=scene)[1]
+    assert {p.name for p in again} == {p.name for p in val}
+    assert D.split_pairs(pairs, 0.2, seed=2, group=scene)[1] != val
+    assert D.split_pairs(pairs, 0.0)[1] == []
+    assert len(D.split_pairs(pairs[:3], 0.01)[1]) == 1
+    with pytest.raises(LldiffError):
+        D.split_pairs(pairs, 1.0)
