@@ -349,21 +349,20 @@ def result_json(result: EvalResult, proto: dict) -> dict:
 
 def write_json(result: EvalResult, proto: dict, path) -> None:
     import json
-    from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result_json(result, proto), indent=2, allow_nan=False) + "\n")
+    from lldiff_cli.atomic import atomic_write
+
+    with atomic_write(path, ".json") as tmp:
+        tmp.write_text(json.dumps(result_json(result, proto), indent=2, allow_nan=False) + "\n")
 
 
 def write_csv(result: EvalResult, path) -> None:
     """One row per (method, image): the metric values (empty where n/a) and the seconds taken."""
     import csv
-    from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    from lldiff_cli.atomic import atomic_write
+
+    with atomic_write(path, ".csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["method", "image", *result.metrics, "seconds"])
         for row in result.rows:

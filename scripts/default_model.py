@@ -1,0 +1,145 @@
+"""Choose the default model's sampler settings on the held-out split, and ship it to models/.
+
+    python scripts/default_model.py sweep runs/default --steps 1,2,4,8 --eta 0 --start-noise 0,1
+    python scripts/default_model.py ship runs/default --steps 4 --eta 0 --start-noise 1
+
+Both read the run's config.yaml (data layout and root) and split.json (the held-out names),
+enhance every held-out image with the checkpoint's EMA weights exactly as `lldiff enhance`
+does, and score it with lldiff_cli.metrics (PSNR / SSIM, plain and GT-mean). `ship` writes
+models/lldiff-default.pt (EMA weights and config only) and its card models/lldiff-default.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from lldiff_cli import metrics as M
+from lldiff_cli.data import layout_dirs, paired_folders
+from lldiff_cli.enhance import EnhanceSettings, enhance_image
+from lldiff_cli.images import read_image
+from lldiff_cli.model import DEFAULT_MODEL_NAME, WaveletDiffusion, load_checkpoint, model_from_checkpoint, sha256_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def held_out_pairs(run: Path) -> tuple[list, dict]:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    data = cfg["data"]
+    if data.get("low") and data.get("high"):
+        low_dir, high_dir = Path(data["low"]), Path(data["high"])
+    else:
+        low_dir, high_dir = layout_dirs(data["layout"], Path(data["root"]), data.get("split", "train"))
+    names = set(json.loads((run / "split.json").read_text())["val"])
+    pairs = [p for p in paired_folders(low_dir, high_dir).pairs if p.name in names]
+    loaded = [(p.name, read_image(p.low).rgb, read_image(p.high).rgb) for p in pairs]
+    return loaded, cfg
+
+
+def score(model: WaveletDiffusion, pairs, settings: EnhanceSettings) -> dict:
+    device = torch.device("cpu")
+    rows = {"psnr": [], "ssim": [], "psnr_gtmean": [], "ssim_gtmean": [], "seconds": []}
+    for _, low, high in pairs:
+        start = time.perf_counter()
+        out = enhance_image(model, low, settings, device)
+        rows["seconds"].append(time.perf_counter() - start)
+        out8, high8 = M.as_array255(out), M.as_array255(high)
+        rows["psnr"].append(M.psnr(out8, high8))
+        rows["ssim"].append(M.ssim(out8, high8))
+        rows["psnr_gtmean"].append(M.psnr_gtmean(out8, high8))
+        rows["ssim_gtmean"].append(M.ssim_gtmean(out8, high8))
+    return {k: sum(v) / len(v) for k, v in rows.items()} | {"n": len(pairs)}
+
+
+def sampler_model(payload: dict, **sampler) -> WaveletDiffusion:
+    model = model_from_checkpoint(payload)
+    model.config = replace(model.config, **{k: v for k, v in sampler.items() if v is not None}).validate()
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["sweep", "ship"])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--checkpoint", default="best.pt")
+    parser.add_argument("--steps", default=None)
+    parser.add_argument("--eta", default=None)
+    parser.add_argument("--start-noise", default=None)
+    parser.add_argument("--spacing", default=None)
+    parser.add_argument("--limit", type=int, default=0, help="score only the first N held-out pairs")
+    parser.add_argument("--notes", default="", help="ship: free text for the card (what was tried)")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    ckpt = args.run / args.checkpoint
+    payload = load_checkpoint(ckpt)
+    pairs, cfg = held_out_pairs(args.run)
+    if args.limit:
+        pairs = pairs[: args.limit]
+
+    def values(text, cast):
+        return [None] if text is None else [cast(v) for v in text.split(",")]
+
+    grid = list(itertools.product(values(args.steps, int), values(args.eta, float),
+                                  values(args.start_noise, float), values(args.spacing, str)))
+    if args.action == "ship" and len(grid) != 1:
+        sys.exit("ship takes one value per sampler option")
+    results = []
+    for steps, eta, start_noise, spacing in grid:
+        model = sampler_model(payload, steps=steps, eta=eta, start_noise=start_noise, spacing=spacing)
+        c = model.config
+        result = {"steps": c.steps, "eta": c.eta, "start_noise": c.start_noise, "spacing": c.spacing,
+                  **score(model, pairs, EnhanceSettings())}
+        results.append(result)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
+    if args.action == "sweep":
+        return
+
+    result = results[0]
+    models = ROOT / "models"
+    weights = models / f"{DEFAULT_MODEL_NAME}.pt"
+    ship = {"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict()}
+    models.mkdir(exist_ok=True)
+    torch.save(ship, weights)
+    history = payload.get("history", [])
+    card = {
+        "name": DEFAULT_MODEL_NAME,
+        "weights": weights.name,
+        "sha256": sha256_of(weights),
+        "size_mb": round(weights.stat().st_size / 2 ** 20, 2),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "architecture": {k: v for k, v in asdict(model.config).items()
+                         if k in ("levels", "unet", "hfrm", "anchor", "prediction")},
+        "schedule": model.config.schedule,
+        "sampler": {k: getattr(model.config, k) for k in ("steps", "eta", "spacing", "start_noise", "clip")},
+        "training": {
+            "data": f"LOL our485 ({cfg['data'].get('layout')}), {len(json.loads((args.run / 'split.json').read_text())['val'])} "
+                    f"pairs held out in blocks of {cfg['data'].get('val_block')} consecutive names",
+            "config": cfg,
+            "steps": payload.get("step"),
+            "checkpoint": args.checkpoint,
+            "weights": "EMA",
+            "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "wall_time_hours": payload.get("elapsed_hours"),
+            "curve": [h for h in history if "val_psnr" in h],
+        },
+        "validation": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
+        "protocol": "lldiff eval protocol (README): 8-bit RGB PSNR, Gaussian SSIM; GT-mean columns separate",
+        "notes": args.notes,
+        "date": datetime.date.today().isoformat(),
+    }
+    (models / f"{DEFAULT_MODEL_NAME}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    print(f"wrote {weights} ({card['size_mb']} MB) and its card")
+
+
+if __name__ == "__main__":
+    main()
