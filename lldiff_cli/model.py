@@ -29,7 +29,7 @@ from torch import nn
 
 from lldiff_cli import schedule as S
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.networks import HFRM, AnchorNet, UNet
+from lldiff_cli.networks import HFRM, AnchorNet, ExposureNet, UNet
 from lldiff_cli.wavelet import dwt2, idwt2
 
 PREDICTIONS = ("eps", "x0")
@@ -45,6 +45,7 @@ class ModelConfig:
                                                 "dropout": 0.0})
     hfrm: dict = field(default_factory=lambda: {"width": 24, "dilations": [1, 2, 4, 2, 1], "heads": 2})
     anchor: Optional[dict] = field(default_factory=lambda: {"width": 16, "channel_mults": [1, 2, 4]})
+    exposure: dict = field(default_factory=lambda: {"width": 16})
     schedule: dict = field(default_factory=lambda: {"kind": "linear", "timesteps": 1000,
                                                     "beta_start": 1e-4, "beta_end": 0.02})
     prediction: str = "x0"
@@ -79,10 +80,8 @@ class WaveletDiffusion(nn.Module):
         hfrm_args = {k: tuple(v) if isinstance(v, list) else v for k, v in config.hfrm.items()}
         self.hfrms = nn.ModuleList([HFRM(image_channels=c, guide_channels=2 * c, **hfrm_args)
                                     for _ in range(config.levels)])
+        self.exposure_net = ExposureNet(channels=c, **config.exposure)
         self.schedule = S.make_schedule(**config.schedule)
-        # Exposure head when there is no anchor net: the same global-statistics regressor.
-        if not use_anchor:
-            self.exposure_head = nn.Sequential(nn.Linear(2 * c, 32), nn.SiLU(), nn.Linear(32, 1))
 
     # --- shapes -------------------------------------------------------------------
 
@@ -115,10 +114,8 @@ class WaveletDiffusion(nn.Module):
     # --- pieces -------------------------------------------------------------------
 
     def estimate_exposure(self, dark_band: torch.Tensor) -> torch.Tensor:
-        if self.anchor_net is not None:
-            return self.anchor_net.estimate_exposure(dark_band)
-        stats = torch.cat([dark_band.mean(dim=(2, 3)), dark_band.flatten(2).std(dim=2)], dim=1)
-        return torch.sigmoid(self.exposure_head(stats)).squeeze(1)
+        """N estimates of the target mean grey level in (0, 1) (``--exposure auto``)."""
+        return self.exposure_net(dark_band)
 
     @torch.no_grad()
     def auto_exposure(self, image: torch.Tensor, max_side: int = 600) -> torch.Tensor:

@@ -1,9 +1,8 @@
 """The anchor network: a fast, deterministic estimate of the enhanced low band.
 
 Its output is the DRDA anchor (AnlightenDiff): the forward process slides towards it and
-sampling starts from it, so the diffusion only has to add what a regression misses. It also
-predicts the exposure (mean grey level in [0, 1]) a well-lit version of the image would
-have: that is ``--exposure auto``.
+sampling starts from it, so the diffusion only has to add what a regression misses. It is
+told the target exposure (mean grey level in (0, 1)), so the anchor follows the knob.
 """
 
 from __future__ import annotations
@@ -23,12 +22,6 @@ class AnchorNet(nn.Module):
         self.net = UNet(in_channels=channels, out_channels=channels, width=width, channel_mults=channel_mults,
                         blocks_per_level=blocks_per_level, num_scalars=1)
         self.multiple = self.net.multiple
-        self.exposure_head = nn.Sequential(nn.Linear(2 * channels, 32), nn.SiLU(), nn.Linear(32, 1))
-
-    def estimate_exposure(self, dark: torch.Tensor) -> torch.Tensor:
-        """N estimates of the target mean grey level, in (0, 1), from global statistics."""
-        stats = torch.cat([dark.mean(dim=(2, 3)), dark.flatten(2).std(dim=2)], dim=1)
-        return torch.sigmoid(self.exposure_head(stats)).squeeze(1)
 
     def forward(self, dark: torch.Tensor, exposure: torch.Tensor) -> torch.Tensor:
         t = torch.zeros(dark.shape[0], device=dark.device, dtype=torch.long)
