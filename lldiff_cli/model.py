@@ -317,8 +317,10 @@ def model_from_checkpoint(payload: dict, *, weights: str = "ema", source: str = 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise LldiffError(f"{source}: weights do not fit the model the config describes ({first})") from None
+        # PyTorch lists every missing, unexpected and mis-shaped tensor; name the first few.
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        summary = "; ".join(d[:160] for d in details[:3])
+        raise LldiffError(f"{source}: weights do not fit the model the config describes ({summary})") from None
     return model.eval()
 
 
