@@ -1,36 +1,94 @@
 """The training loop of lldiff, flat and top to bottom (after nanoGPT's train.py).
 
 get_lr(step) -> batch -> weighted loss terms -> backward -> clip -> AdamW -> EMA ->
-log -> validate (EMA weights, PSNR on a held-out split) -> checkpoint. A checkpoint holds
-everything needed to continue exactly: model, EMA, optimiser, step and RNG states.
+log -> validate (EMA weights, PSNR on a held-out split) -> checkpoint.
+
+Determinism: batch ``step`` of process ``rank`` is a pure function of (seed, step, rank), and so
+are the loss's draws (timesteps, noise, dropout). A pool of threads can therefore build batches
+ahead of the loop, and a checkpoint needs no data-RNG state: model, EMA, optimiser, AMP scaler
+and step are enough for ``--resume`` to continue bit for bit.
+
+Data (the ``data`` section): image pairs of any layout ``lldiff eval`` knows (data.py), and/or a
+folder of normal-light photos darkened on the fly by :func:`lldiff_cli.darken.random_pair`, mixed
+by ``data.synthetic_ratio``. Images are decoded once into uint8 tensors and cropped per batch.
+
+Several GPUs: launched by ``torchrun``, each process trains a DistributedDataParallel replica on
+its own batches (the rank is part of the batch seed); rank 0 validates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 
-from lldiff_cli.errors import LldiffError
-from lldiff_cli.model import ModelConfig, WaveletDiffusion, load_checkpoint, model_from_checkpoint, save_checkpoint
+from lldiff_cli import schedule as S
+from lldiff_cli.darken import MODES as DARKEN_MODES, LvRanges, NoiseRanges, random_pair, seed_for
+from lldiff_cli.errors import ImageReadError, LldiffError
+from lldiff_cli.model import ModelConfig, WaveletDiffusion, load_checkpoint, save_checkpoint, ssim_torch
+
+NO_PAIRS = "none"  # data.layout for photos-only training
+
+
+@dataclass
+class DarkenConfig:
+    """How data.photos are darkened into training inputs (see darken.py); ranges are [MIN, MAX]."""
+
+    mode: str = "lv"               # lv: beta * (alpha * x) ** gamma (Lv et al.); scale: factor * x
+    alpha: list[float] = field(default_factory=lambda: [0.9, 1.0])
+    beta: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    gamma: list[float] = field(default_factory=lambda: [1.5, 5.0])
+    factor: float = 0.5            # scale mode
+    noise: bool = True             # Poisson shot + Gaussian read noise in linear light
+    gain: list[float] = field(default_factory=lambda: [2.5e-4, 2.5e-3])
+    read_noise: list[float] = field(default_factory=lambda: [5e-4, 5e-3])
+
+    def lv_ranges(self) -> LvRanges:
+        return LvRanges(alpha=_pair(self.alpha, "alpha"), beta=_pair(self.beta, "beta"),
+                        gamma=_pair(self.gamma, "gamma"))
+
+    def noise_ranges(self) -> Optional[NoiseRanges]:
+        if not self.noise:
+            return None
+        return NoiseRanges(gain=_pair(self.gain, "gain"), read_noise=_pair(self.read_noise, "read_noise"))
+
+
+def _pair(values: list[float], name: str) -> tuple[float, float]:
+    if len(values) != 2:
+        raise LldiffError(f"data.darken.{name} must be [MIN, MAX], got {values}")
+    return float(values[0]), float(values[1])
 
 
 @dataclass
 class DataConfig:
-    layout: str = "LOL"            # a dataset layout of data.py, or "paired" (low / high folders)
+    layout: str = "LOL"            # paired data: LOL, LOLv2-real, LOLv2-syn, VE-LOL (under root), paired
+                                   # (the folders low and high), or none (photos only)
     root: str = "data"             # data root for named layouts
     split: str = "train"
-    low: Optional[str] = None      # paired folders (layout: paired)
+    low: Optional[str] = None      # paired folders (layout: paired), matched by name as in lldiff eval
     high: Optional[str] = None
+    photos: Optional[str] = None   # a folder of normal-light photos (searched recursively), darkened on the fly
+    synthetic_ratio: float = 0.5   # share of each batch made from photos when there are pairs too
+    darken: DarkenConfig = field(default_factory=DarkenConfig)
+    max_side: int = 0              # images whose longer side exceeds this are shrunk to it when decoded; 0: never
     val_fraction: float = 0.1      # held out, in blocks of consecutive names (whole scenes)
     val_block: int = 10
     crop: int = 128
     batch_size: int = 8
-    cache_dir: str = "cache"
+    workers: int = 0               # threads that build batches ahead of the step (and decode at start); 0: none
+    cache_dir: str = "cache"       # unused; kept so that older config.yaml files still load
 
 
 @dataclass
@@ -54,6 +112,7 @@ class LossWeights:
     tv: float = 0.05
     content: float = 1.0
     dfpl: float = 0.1
+    sampled: float = 1.0           # content loss on the sampler's output (train_sampler_every > 0)
 
 
 @dataclass
@@ -68,8 +127,76 @@ class TrainConfig:
     val_every: int = 1000
     val_images: int = 0            # 0: the whole held-out split
     ckpt_every: int = 500
-    bf16: bool = False             # CPU autocast to bfloat16 (AMP float16 on CUDA is always on)
+    train_sampler_every: int = 0   # DiffLL's strategy: every k-th step also run the sampler; 0: never
+    bf16: bool = False             # CPU autocast to bfloat16
+    amp: bool = True               # CUDA autocast to float16 with a GradScaler
+    compile: bool = False          # torch.compile the UNet (in place: checkpoints keep their keys)
     threads: int = 0               # torch threads on the CPU; 0 leaves PyTorch's choice
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise LldiffError naming the first bad value; everything the loop relies on is checked here."""
+    from lldiff_cli.data import LAYOUTS
+
+    d = cfg.data
+    layouts = [*LAYOUTS, "paired", NO_PAIRS]
+    if d.layout.lower() not in [name.lower() for name in layouts]:
+        raise LldiffError(f"unknown data.layout {d.layout!r}; allowed: {', '.join(layouts)}")
+    if d.layout.lower() == "paired" and (not d.low or not d.high):
+        raise LldiffError("data.layout 'paired' needs data.low and data.high folders")
+    if d.layout.lower() == NO_PAIRS and not d.photos:
+        raise LldiffError(f"no training data: data.layout is {NO_PAIRS!r} and data.photos is not set")
+    if d.split not in ("train", "test"):
+        raise LldiffError(f"unknown data.split {d.split!r}; allowed: train, test")
+    if not 0 <= d.synthetic_ratio <= 1:
+        raise LldiffError(f"data.synthetic_ratio must be in [0, 1], got {d.synthetic_ratio}")
+    if d.darken.mode not in DARKEN_MODES:
+        raise LldiffError(f"unknown data.darken.mode {d.darken.mode!r}; allowed: {', '.join(DARKEN_MODES)}")
+    if not 0 < d.darken.factor <= 1:
+        raise LldiffError(f"data.darken.factor must be in (0, 1], got {d.darken.factor}")
+    try:
+        d.darken.lv_ranges(), d.darken.noise_ranges()  # their constructors check the ranges
+    except LldiffError as exc:
+        raise LldiffError(f"data.darken: {exc}") from None
+    if not 0 <= d.val_fraction < 1:
+        raise LldiffError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    for name in ("crop", "batch_size", "val_block"):
+        if getattr(d, name) < 1:
+            raise LldiffError(f"data.{name} must be at least 1, got {getattr(d, name)}")
+    if d.workers < 0:
+        raise LldiffError(f"data.workers must be 0 or more, got {d.workers}")
+    if d.max_side and d.max_side < d.crop:
+        raise LldiffError(f"data.max_side ({d.max_side}) must be 0 or at least data.crop ({d.crop})")
+    for name in ("log_every", "val_every", "ckpt_every"):
+        if getattr(cfg, name) < 1:
+            raise LldiffError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.optim.max_steps < 1 or cfg.optim.warmup < 0:
+        raise LldiffError(f"optim.max_steps must be at least 1 and optim.warmup at least 0, "
+                          f"got {cfg.optim.max_steps} and {cfg.optim.warmup}")
+    if cfg.train_sampler_every < 0:
+        raise LldiffError(f"train_sampler_every must be 0 (off) or more, got {cfg.train_sampler_every}")
+    try:
+        multiple = WaveletDiffusion(cfg.model).multiple
+    except TypeError as exc:  # a key the networks do not take, e.g. model.unet.depth
+        raise LldiffError(f"model: {exc}") from None
+    if d.crop % multiple:
+        raise LldiffError(f"data.crop ({d.crop}) must be a multiple of {multiple} for this model")
+    # The exposure net takes bands of 8x8 or more (networks/exposure.py); on smaller ones its last
+    # convolution sees 1x1 inputs, where oneDNN's bfloat16 backward reads uninitialised memory.
+    smallest = 8 * 2 ** cfg.model.levels
+    if d.crop < smallest:
+        raise LldiffError(f"data.crop ({d.crop}) must be at least {smallest} for this model "
+                          f"(the exposure net needs a band of 8x8: crop / 2**levels)")
+
+
+def check_out_dir(cfg: TrainConfig, resume: bool) -> None:
+    """Refuse to start over a run (its last.pt), and to resume without one."""
+    last = Path(cfg.out_dir) / "last.pt"
+    if resume and not last.is_file():
+        raise LldiffError(f"nothing to resume: no {last}")
+    if not resume and last.exists():
+        raise LldiffError(f"{cfg.out_dir} already holds a run ({last}); pass --resume to continue it, "
+                          "or set out_dir=... to start another")
 
 
 def get_lr(step: int, cfg: OptimConfig) -> float:
@@ -80,28 +207,251 @@ def get_lr(step: int, cfg: OptimConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def random_batch(pairs: list[tuple[torch.Tensor, torch.Tensor]], batch_size: int, crop: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops with flips and transposes from uint8 3xHxW pairs -> two float Nx3xcropxcrop in [0, 1]."""
-    lows, highs = [], []
+# --- data ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    """Decoded training data: uint8 3xHxW tensors, each at least data.crop on both sides.
+
+    pairs: (low, high) for training; photos: normal-light images, darkened per batch;
+    val_pairs / val_names: the held-out split (real pairs, then photos darkened with a fixed seed);
+    skipped: (file, reason) of every file left out.
+    """
+
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    photos: list[torch.Tensor] = field(default_factory=list)
+    val_pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    val_names: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def load_training_data(cfg: TrainConfig) -> TrainData:
+    """Find, split and decode the configured data (data.py resolves every paired layout)."""
+    from lldiff_cli.data import load_dataset
+    from lldiff_cli.images import list_images
+
+    d, out = cfg.data, TrainData()
+    if d.layout.lower() != NO_PAIRS:
+        if d.layout.lower() == "paired":
+            for folder, key in ((d.low, "data.low"), (d.high, "data.high")):
+                if not Path(folder).is_dir():
+                    raise LldiffError(f"{key} folder not found: {folder}")
+            dataset = load_dataset(low=Path(d.low), high=Path(d.high))
+        else:
+            try:
+                dataset = load_dataset(d.layout, root=Path(d.root), split=d.split)
+            except LldiffError as exc:
+                hint = "; to train on data.photos alone, set data.layout=none" if d.photos else ""
+                raise LldiffError(f"{exc}{hint}") from None
+        out.skipped += dataset.problems
+        if not dataset.pairs:
+            raise LldiffError(f"no image pairs in {dataset.description}")
+        train_idx, val_idx = split_by_blocks([p.name for p in dataset.pairs], d.val_fraction, d.val_block)
+        held = set(val_idx)
+        decoded = _map(lambda p: _read_pair(p.low, p.high, d.max_side), dataset.pairs, d.workers)
+        for i in train_idx + val_idx:
+            name, item = dataset.pairs[i].name, decoded[i]
+            if isinstance(item, str):
+                out.skipped.append((name, item))
+            elif i in held:
+                out.val_pairs.append(item)
+                out.val_names.append(name)
+            elif min(item[0].shape[-2:]) < d.crop:
+                out.skipped.append((name, _too_small(item[0], d.crop)))
+            else:
+                out.pairs.append(item)
+    if d.photos:
+        root = Path(d.photos)
+        rels = list_images(root, recursive=True)
+        if not rels:
+            raise LldiffError(f"no images in data.photos folder {root}")
+        names = [rel.with_suffix("").as_posix() for rel in rels]
+        train_idx, val_idx = split_by_blocks(names, d.val_fraction, d.val_block)
+        held = set(val_idx)
+        decoded = _map(lambda rel: _read_uint8(root / rel, d.max_side), rels, d.workers)
+        for i in train_idx + val_idx:
+            name, item = names[i], decoded[i]
+            if isinstance(item, str):
+                out.skipped.append((str(root / rels[i]), item))
+            elif i in held:
+                # The held-out photos get a fixed darkening: the same validation pairs at every validation.
+                high = item[None].float() / 255
+                gen = torch.Generator().manual_seed(seed_for(cfg.seed, f"val/{name}"))
+                low = _quantize(random_pair(high, gen, mode=d.darken.mode, ranges=d.darken.lv_ranges(),
+                                            factor=d.darken.factor, noise=d.darken.noise_ranges()))
+                out.val_pairs.append(((low[0] * 255).round().to(torch.uint8), item))
+                out.val_names.append(f"photos/{name}")
+            elif min(item.shape[-2:]) < d.crop:
+                out.skipped.append((str(root / rels[i]), _too_small(item, d.crop)))
+            else:
+                out.photos.append(item)
+    if not out.pairs and not out.photos:
+        raise LldiffError(f"no training images left (each needs at least data.crop = {d.crop} pixels a side); "
+                          f"{len(out.skipped)} file(s) skipped")
+    return out
+
+
+def _map(fn, items, workers: int) -> list:
+    """fn over items, in order; in a thread pool when workers > 0 (decoding releases the GIL)."""
+    if workers == 0:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def _too_small(image: torch.Tensor, crop: int) -> str:
+    h, w = image.shape[-2:]
+    return f"{w}x{h} is smaller than data.crop ({crop})"
+
+
+def _read_uint8(path: Path, max_side: int = 0) -> torch.Tensor | str:
+    """uint8 3xHxW, shrunk (area average) to ``max_side`` when larger; the reason as a string when unreadable."""
+    from lldiff_cli.images import read_image
+
+    try:
+        rgb = read_image(path).rgb
+    except ImageReadError as exc:
+        return exc.reason
+    h, w = rgb.shape[-2:]
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        rgb = F.interpolate(rgb, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+    return (rgb[0] * 255).round().to(torch.uint8)
+
+
+def _read_pair(low_path: Path, high_path: Path, max_side: int = 0):
+    low, high = _read_uint8(low_path, max_side), _read_uint8(high_path, max_side)
+    for item, path in ((low, low_path), (high, high_path)):
+        if isinstance(item, str):
+            return f"{path}: {item}"
+    if low.shape != high.shape:
+        return f"{low_path} and {high_path} differ in size: {tuple(low.shape[1:])} vs {tuple(high.shape[1:])}"
+    return low, high
+
+
+def _quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round to 8-bit levels: a synthetic input then looks like one read from a file at inference."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def random_batch(items: list[tuple[torch.Tensor, ...]], batch_size: int, crop: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random crops with flips and transposes of aligned uint8 3xHxW images (a pair, or a photo
+    alone) -> one float Nx3xcropxcrop batch in [0, 1] per member of the tuples."""
+    columns: list[list[torch.Tensor]] = [[] for _ in items[0]]
     for _ in range(batch_size):
-        i = int(torch.randint(len(pairs), (1,), generator=generator))
-        low, high = pairs[i]
-        h, w = low.shape[-2:]
+        group = items[int(torch.randint(len(items), (1,), generator=generator))]
+        h, w = group[0].shape[-2:]
         size = min(crop, h, w)
         y = int(torch.randint(h - size + 1, (1,), generator=generator))
         x = int(torch.randint(w - size + 1, (1,), generator=generator))
-        lo, hi = low[:, y:y + size, x:x + size], high[:, y:y + size, x:x + size]
+        views = [image[:, y:y + size, x:x + size] for image in group]
         flips = torch.randint(2, (3,), generator=generator).tolist()
         if flips[0]:
-            lo, hi = lo.flip(-1), hi.flip(-1)
+            views = [v.flip(-1) for v in views]
         if flips[1]:
-            lo, hi = lo.flip(-2), hi.flip(-2)
+            views = [v.flip(-2) for v in views]
         if flips[2]:
-            lo, hi = lo.transpose(-1, -2), hi.transpose(-1, -2)
-        lows.append(lo)
-        highs.append(hi)
-    return torch.stack(lows).float() / 255, torch.stack(highs).float() / 255
+            views = [v.transpose(-1, -2) for v in views]
+        for column, view in zip(columns, views):
+            column.append(view)
+    return tuple(torch.stack(column).float() / 255 for column in columns)
+
+
+def make_batch(data: TrainData, cfg: DataConfig, seed: int, step: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``step`` of process ``rank``: (low, high), float Nx3xcropxcrop in [0, 1], on the CPU.
+
+    A pure function of its arguments (its generator is seeded from them), so batches can be
+    built ahead, in threads, and a resumed run sees the very batches it would have seen.
+    """
+    gen = torch.Generator().manual_seed(seed_for(seed, f"batch/{rank}/{step}"))
+    n = cfg.batch_size
+    if not data.photos:
+        n_photos = 0
+    elif not data.pairs:
+        n_photos = n
+    else:  # round synthetic_ratio * n up or down at random, so the mean share is exact
+        share = cfg.synthetic_ratio * n
+        n_photos = int(share) + int(float(torch.rand((), generator=gen, dtype=torch.float64)) < share - int(share))
+    lows, highs = [], []
+    if n - n_photos:
+        low, high = random_batch(data.pairs, n - n_photos, cfg.crop, gen)
+        lows.append(low)
+        highs.append(high)
+    if n_photos:
+        (high,) = random_batch([(p,) for p in data.photos], n_photos, cfg.crop, gen)
+        dk = cfg.darken
+        low = random_pair(high, gen, mode=dk.mode, ranges=dk.lv_ranges(), factor=dk.factor, noise=dk.noise_ranges())
+        lows.append(_quantize(low))
+        highs.append(high)
+    return torch.cat(lows), torch.cat(highs)
+
+
+def prefetch(fn: Callable[[int], object], steps: Iterable[int], workers: int) -> Iterator:
+    """fn(step) for each step, in order; ``workers`` threads compute up to 2 * workers ahead."""
+    if workers == 0:
+        yield from map(fn, steps)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lldiff-batch")
+    pending: deque = deque()
+    todo = iter(steps)
+    try:
+        for s in todo:
+            pending.append(pool.submit(fn, s))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- the loss as one forward pass ----------------------------------------------------
+
+
+class LossStep(nn.Module):
+    """The training loss as a module: ``forward`` returns the named, unweighted terms.
+
+    DistributedDataParallel synchronises the gradients of what runs inside ``forward``, so
+    ``model.loss`` (a method, not the model's forward) and the sampled term go through here.
+    """
+
+    def __init__(self, model: WaveletDiffusion):
+        super().__init__()
+        self.model = model
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator,
+                sample: bool = False) -> dict[str, torch.Tensor]:
+        terms = self.model.loss(low, high, generator=generator)
+        if sample:
+            # DiffLL's training strategy: the content loss sees what inference produces.
+            image = sampled_image(self.model, low, high.mean(dim=(1, 2, 3)), generator)
+            terms["sampled"] = F.l1_loss(image, high) + (1 - ssim_torch(image.clamp(0, 1), high))
+        return terms
+
+
+def sampled_image(model: WaveletDiffusion, dark: torch.Tensor, exposure: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+    """``model.enhance`` with gradients: Nx3xHxW dark in [0, 1] -> the enhanced image (not clamped).
+
+    The same steps as WaveletDiffusion.enhance (the model's sampler settings, DRDS start at the
+    anchor, DDIM, HFRM details); ``exposure`` (N,) is the target brightness, in training the
+    ground truth's. tests/test_train.py checks that it matches enhance() exactly.
+    """
+    cfg = model.config
+    band, lls, highs = model.decompose(dark)
+    anchor = model.make_anchor(band, exposure)
+    timesteps = S.ddim_timesteps(model.schedule.num_timesteps, cfg.steps, cfg.spacing)
+    x = S.start_state(model.schedule, timesteps[0], band.shape, anchor=anchor, noise_scale=cfg.start_noise,
+                      generator=generator, device=band.device, dtype=band.dtype)
+    restored = S.ddim_sample(model.schedule, lambda x_t, t: model.denoise(x_t, t, band, anchor, exposure),
+                             x, timesteps, eta=cfg.eta, generator=generator, anchor=anchor, clip=cfg.clip)
+    return model.reconstruct(restored, model.restore_details(restored, lls, highs))
 
 
 class EMA:
@@ -122,83 +472,199 @@ class EMA:
                 self.state[k].copy_(v)
 
 
-def train(cfg: TrainConfig, *, train_pairs, val_pairs, device: torch.device, resume: bool = False,
-          on_log: Optional[Callable[[dict], None]] = None, stop: Optional[Callable[[], bool]] = None) -> dict:
+# --- several processes (torchrun) ----------------------------------------------------
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) as torchrun sets them; (0, 1, 0) in a plain process."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+@contextmanager
+def process_group(device: torch.device):
+    """Join torchrun's process group when there is one (NCCL on CUDA, gloo on the CPU) and leave it
+    at the end; yields (rank, world_size, device), the device being this process's GPU on CUDA."""
+    rank, world, local_rank = distributed_env()
+    if world == 1:
+        yield 0, 1, device
+        return
+    if device.type == "mps":
+        raise LldiffError("several processes (torchrun) need CUDA or the CPU; the device is mps")
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    owner = not dist.is_initialized()
+    if owner:
+        # Rank 0 validates alone while the others wait in the next collective: allow it an hour.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=1))
+    try:
+        yield rank, world, device
+    finally:
+        if owner:
+            dist.destroy_process_group()
+
+
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any (a Ctrl-C seen by one process stops all)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _check_replicas(model: nn.Module, ema: EMA, world: int, device: torch.device) -> None:
+    """Raise when the ranks' weights or EMA weights differ (they must stay bit-identical)."""
+    tensors = [*model.state_dict().values(), *ema.state.values()]
+    mine = torch.stack([t.detach().double().sum() for t in tensors if t.dtype.is_floating_point]).to(device)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine)
+    if not all(torch.equal(every[0], other) for other in every[1:]):
+        raise LldiffError("the processes' weights diverged; this is a bug in lldiff, please report it")
+
+
+# --- the loop -------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, data: TrainData, *, device: torch.device, resume: bool = False,
+          on_log: Optional[Callable[[dict], None]] = None, on_step: Optional[Callable[[int], None]] = None,
+          stop: Optional[Callable[[], bool]] = None) -> dict:
     """Train until ``cfg.optim.max_steps`` (or until ``stop()`` says so) and return the last log record.
 
-    train_pairs / val_pairs: lists of (low, high) uint8 3xHxW tensors.
+    ``data``: from :func:`load_training_data`. ``on_log(record)`` gets the loss terms (averaged
+    since the last record) every ``log_every`` steps and each validation; ``on_step(step)`` is
+    called after every step. Under torchrun only rank 0 calls them and writes files.
     """
+    check_config(cfg)
+    with process_group(device) as (rank, world, process_device):
+        return _train(cfg, data, process_device, rank, world, resume, on_log, on_step, stop)
+
+
+def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dict:
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    main = rank == 0
+    check_out_dir(cfg, resume)
+    if world > 1:
+        dist.barrier()  # every rank has looked at out_dir before rank 0 writes into it
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = WaveletDiffusion(cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     ema = EMA(model, cfg.optim.ema_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     step, best_psnr, history = 0, -1.0, []
     if resume:
         state = load_checkpoint(out / "last.pt", map_location=device)
-        model.load_state_dict(state["state_dict"], strict=True)
+        try:
+            model.load_state_dict(state["state_dict"], strict=True)
+        except RuntimeError:
+            differ = sorted(k for k, v in asdict(cfg.model).items() if state["config"].get(k) != v)
+            raise LldiffError(f"{out / 'last.pt'} holds another model (model.{', model.'.join(differ) or '?'} "
+                              "differ from the config); resume with the run's own config.yaml") from None
         ema.state = {k: v.to(device) for k, v in state["ema_state_dict"].items()}
         opt.load_state_dict(state["optimizer"])
-        step, best_psnr, history = state["step"], state["best_psnr"], state["history"]
-        gen.set_state(state["rng"]["data"])
-        torch.set_rng_state(state["rng"]["torch"])
+        if state.get("scaler"):  # absent in checkpoints of CPU runs and of older versions
+            scaler.load_state_dict(state["scaler"])
+        step, best_psnr, history = state["step"], state["best_psnr"], list(state["history"])
+    if cfg.compile:
+        model.unet.compile()  # in place: the state_dict keys stay those of the plain UNet
+    trainer: nn.Module = LossStep(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
     weights = asdict(cfg.loss)
-    use_bf16 = cfg.bf16 and device.type == "cpu"
+    autocast_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    use_autocast = use_amp or (cfg.bf16 and device.type == "cpu")
+    batches = prefetch(lambda s: make_batch(data, cfg.data, cfg.seed, s, rank),
+                       range(step, cfg.optim.max_steps), cfg.data.workers)
+    sums, counts, bad_steps = {}, {}, 0
     last, t0, seen = {}, time.perf_counter(), 0
     model.train()
 
     def checkpoint(name: str) -> None:
         extra = {"ema_state_dict": ema.state, "optimizer": opt.state_dict(), "step": step,
                  "best_psnr": best_psnr, "history": history, "train_config": _plain(asdict(cfg)),
-                 "rng": {"data": gen.get_state(), "torch": torch.get_rng_state()}}
+                 "scaler": scaler.state_dict(), "world_size": world,
+                 # Batches and the loss's draws are seeded per step, so this is for the record only.
+                 "rng": {"torch": torch.get_rng_state()}}
         save_checkpoint(model, out / name, extra)
+        write_curve(history, out / "curve.png")
 
-    while step < cfg.optim.max_steps:
-        if stop is not None and stop():
-            break
-        lr = get_lr(step, cfg.optim)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        low, high = random_batch(train_pairs, cfg.data.batch_size, cfg.data.crop, gen)
-        low, high = low.to(device), high.to(device)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            terms = model.loss(low, high, generator=gen)
-        loss = sum(weights[k] * v.float() for k, v in terms.items())
-        if not torch.isfinite(loss):
-            bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v)}
-            raise LldiffError(f"loss became non-finite at step {step} ({bad}); lower optim.lr or check the data")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        ema.update(model, step)
-        step += 1
-        seen += 1
-        if step % cfg.log_every == 0 or step == cfg.optim.max_steps:
-            rate = seen / (time.perf_counter() - t0)
-            last = {"step": step, "lr": lr, "loss": float(loss), "it_s": rate,
-                    **{k: float(v) for k, v in terms.items()}}
-            history.append({"step": step, "loss": float(loss)})
-            if on_log:
-                on_log(last)
-        if val_pairs and (step % cfg.val_every == 0 or step == cfg.optim.max_steps):
-            psnr = validate(cfg.model, ema.state, val_pairs, device, limit=cfg.val_images)
-            history.append({"step": step, "val_psnr": psnr})
-            last = {**last, "step": step, "val_psnr": psnr}
-            if psnr > best_psnr:
-                best_psnr = psnr
-                checkpoint("best.pt")
-            if on_log:
-                on_log({"step": step, "val_psnr": psnr, "best_psnr": best_psnr})
-        if step % cfg.ckpt_every == 0:
-            checkpoint("last.pt")
-    checkpoint("last.pt")
+    try:
+        while step < cfg.optim.max_steps:
+            if _any_rank(stop is not None and stop(), world, device):
+                break
+            lr = get_lr(step, cfg.optim)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            low, high = next(batches)
+            low, high = low.to(device, non_blocking=True), high.to(device, non_blocking=True)
+            # The loss's timesteps and noise (gen) and dropout (the global RNG) are seeded per step too.
+            torch.manual_seed(seed_for(cfg.seed, f"torch/{rank}/{step}"))
+            gen = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, f"loss/{rank}/{step}"))
+            sample = cfg.train_sampler_every > 0 and step % cfg.train_sampler_every == 0
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
+                terms = trainer(low, high, gen, sample)
+            loss = sum(weights[k] * v.float() for k, v in terms.items())
+            if not torch.isfinite(loss):
+                # Under float16 AMP an overflow now and then is normal: the scaler skips the step.
+                bad_steps += 1
+                if not use_amp or bad_steps > 20:
+                    bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v)}
+                    raise LldiffError(f"loss became non-finite at step {step} ({bad}); "
+                                      "lower optim.lr or check the data")
+            else:
+                bad_steps = 0
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            ema.update(model, step)
+            step += 1
+            seen += 1
+            if not main:
+                continue  # rank 0 alone logs, validates and writes checkpoints
+            for k, v in {"loss": loss, **terms}.items():  # logged as means since the last record
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+                counts[k] = counts.get(k, 0) + 1
+            if on_step:
+                on_step(step)
+            if step % cfg.log_every == 0 or step == cfg.optim.max_steps:
+                means = {k: float(sums[k]) / counts[k] for k in sums}
+                sums, counts = {}, {}
+                last = {"step": step, "lr": lr, **means, "it_s": seen / (time.perf_counter() - t0)}
+                history.append({"step": step, "loss": means["loss"]})
+                if on_log:
+                    on_log(last)
+            if data.val_pairs and (step % cfg.val_every == 0 or step == cfg.optim.max_steps):
+                psnr = validate(cfg.model, ema.state, data.val_pairs, device, limit=cfg.val_images)
+                history.append({"step": step, "val_psnr": psnr})
+                last = {**last, "step": step, "val_psnr": psnr}
+                if psnr > best_psnr:
+                    best_psnr = psnr
+                    checkpoint("best.pt")
+                write_curve(history, out / "curve.png")
+                if on_log:
+                    on_log({"step": step, "val_psnr": psnr, "best_psnr": best_psnr})
+            if step % cfg.ckpt_every == 0:
+                checkpoint("last.pt")
+    finally:
+        batches.close()
+    if main:
+        checkpoint("last.pt")
+    if world > 1:
+        _check_replicas(model, ema, world, device)
+        dist.barrier()  # the checkpoint is on disk before any process exits
     return {**last, "step": step, "best_psnr": best_psnr}
 
 
@@ -216,6 +682,60 @@ def validate(model_cfg: ModelConfig, state: dict, pairs, device: torch.device, l
         out = enhance_tensor(model, low[None].float().div(255).to(device), seed=0)
         scores.append(psnr(out.cpu(), high[None].float().div(255)))
     return float(sum(scores) / len(scores))
+
+
+# --- the curve ------------------------------------------------------------------------
+
+
+def write_curve(history: list[dict], path: Path, width: int = 720, height: int = 520) -> None:
+    """Draw training loss (log scale, top) and validation PSNR (bottom) against step into a PNG.
+
+    ``history``: records with "step" and "loss" or "val_psnr". Drawn with PIL (no plotting
+    library); written atomically, so a viewer never sees half a file.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    from lldiff_cli.atomic import atomic_write
+
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    losses = [(r["step"], r["loss"]) for r in history if "loss" in r and r["loss"] > 0 and math.isfinite(r["loss"])]
+    psnrs = [(r["step"], r["val_psnr"]) for r in history if "val_psnr" in r and math.isfinite(r["val_psnr"])]
+    steps = [s for s, _ in losses + psnrs] or [0, 1]
+    x_lo, x_hi = min(steps), max(max(steps), min(steps) + 1)
+    half = height // 2
+    panels = [("training loss (log scale)", [(s, math.log10(v)) for s, v in losses], (0, half), "#1f77b4",
+               lambda v: f"{10 ** v:.3g}"),
+              ("validation PSNR (dB)", psnrs, (half, height), "#d62728", lambda v: f"{v:.2f}")]
+    left, right, top_pad, bottom_pad = 64, 16, 22, 26
+    for title, points, (y0, y1), colour, label in panels:
+        box = (left, y0 + top_pad, width - right, y1 - bottom_pad)
+        draw.rectangle(box, outline="black")
+        draw.text((left, y0 + 5), title, fill="black", font=font)
+        draw.text((box[0], box[3] + 4), str(x_lo), fill="black", font=font)
+        draw.text((box[2] - 40, box[3] + 4), f"step {x_hi}", fill="black", font=font)
+        if not points:
+            draw.text((box[0] + 10, box[1] + 10), "no data yet", fill="gray", font=font)
+            continue
+        values = [v for _, v in points]
+        v_lo, v_hi = min(values), max(values)
+        draw.text((4, box[1]), label(v_hi), fill="black", font=font)
+        draw.text((4, box[3] - 10), label(v_lo), fill="black", font=font)
+        pad = max(v_hi - v_lo, 1e-6) * 0.05  # keep the line off the frame
+        v_lo, v_hi = v_lo - pad, v_hi + pad
+
+        def xy(s, v, box=box, v_lo=v_lo, v_hi=v_hi):
+            return (box[0] + (box[2] - box[0]) * (s - x_lo) / (x_hi - x_lo),
+                    box[3] - (box[3] - box[1]) * (v - v_lo) / (v_hi - v_lo))
+
+        coords = [xy(s, v) for s, v in points]
+        if len(coords) > 1:
+            draw.line(coords, fill=colour, width=2)
+        for cx, cy in coords if len(coords) <= 50 else coords[-1:]:  # dots while they stay apart
+            draw.ellipse((cx - 3, cy - 3, cx + 3, cy + 3), fill=colour)
+    with atomic_write(path, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
 
 
 def _plain(obj):
@@ -243,37 +763,3 @@ def split_by_blocks(names: list[str], val_fraction: float, block: int) -> tuple[
     for b in range(0, len(order), block):
         (val_idx if (b // block) % every == every - 1 else train_idx).extend(order[b:b + block])
     return train_idx, val_idx
-
-
-def load_pairs_uint8(pairs: list[tuple[Path, Path]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Decode (low, high) files once into uint8 3xHxW tensors; sizes must match."""
-    from lldiff_cli.images import read_image
-
-    loaded = []
-    for low_path, high_path in pairs:
-        low, high = read_image(low_path).rgb[0], read_image(high_path).rgb[0]
-        if low.shape != high.shape:
-            raise LldiffError(f"{low_path} and {high_path} differ in size: "
-                              f"{tuple(low.shape[1:])} vs {tuple(high.shape[1:])}")
-        loaded.append(((low * 255).round().to(torch.uint8), (high * 255).round().to(torch.uint8)))
-    return loaded
-
-
-def training_files(data: DataConfig) -> list[tuple[str, Path, Path]]:
-    """(name, low, high) files of the configured paired data."""
-    from lldiff_cli.images import list_images
-
-    if data.layout == "paired":
-        if not data.low or not data.high:
-            raise LldiffError("data.layout 'paired' needs data.low and data.high folders")
-        low_dir, high_dir = Path(data.low), Path(data.high)
-    elif data.layout == "LOL":
-        sub = {"train": "our485", "test": "eval15"}[data.split]
-        low_dir, high_dir = Path(data.root) / "LOL" / sub / "low", Path(data.root) / "LOL" / sub / "high"
-    else:
-        raise LldiffError(f"unknown data.layout {data.layout!r}; allowed: LOL, paired")
-    highs = {p.stem: p for p in list_images(high_dir)}
-    files = [(p.stem, low_dir / p, high_dir / highs[p.stem]) for p in list_images(low_dir) if p.stem in highs]
-    if not files:
-        raise LldiffError(f"no image pairs found in {low_dir} and {high_dir} (matched by name)")
-    return files

@@ -1,0 +1,149 @@
+"""`lldiff train` through the command line: photos-only and paired runs, config errors, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_train import TINY_YAML, make_paired, make_photos
+from typer.testing import CliRunner
+
+from lldiff_cli.cli import app
+from lldiff_cli.model import load_checkpoint, model_from_checkpoint
+
+runner = CliRunner()
+
+FAST = ["data.crop=32", "data.batch_size=2", "optim.max_steps=4", "optim.warmup=1", "log_every=2",
+        "val_every=2", "ckpt_every=2", "val_images=1"]
+
+
+def lldiff(*args):
+    # Rich prints to stderr; typer's CliRunner mixes stderr into result.output.
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_photos_only_run_writes_everything(tmp_path):
+    photos = make_photos(tmp_path / "photos")
+    run = tmp_path / "run"
+    result = lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={run}", *FAST, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "training on 5 photos, validating on 1" in result.output
+    assert "step 2: validation PSNR" in result.output and "stopped at step 4" in result.output
+    for name in ("config.yaml", "split.json", "log.jsonl", "last.pt", "best.pt", "curve.png"):
+        assert (run / name).is_file(), name
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["photos"] == str(photos) and saved["data"]["crop"] == 32
+    assert json.loads((run / "split.json").read_text())["val"] == ["photos/sub/photo1"]
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    model_from_checkpoint(load_checkpoint(run / "best.pt"))  # loads with strict=True
+
+    # Once more: refused; with --resume and more steps, it continues from step 4.
+    again = lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={run}", *FAST, "--quiet")
+    assert again.exit_code == 2 and "already holds a run" in again.output
+    more = lldiff("train", "-c", run / "config.yaml", "optim.max_steps=6", "--resume", "--quiet")
+    assert more.exit_code == 0, more.output
+    assert load_checkpoint(run / "last.pt")["step"] == 6
+    assert more.output.count("\n") == 1 and "stopped at step 6" in more.output  # --quiet: the summary only
+
+
+def test_paired_folders_mixed_with_photos(tmp_path):
+    low, high = make_paired(tmp_path / "pairs")
+    photos = make_photos(tmp_path / "photos")
+    result = lldiff("train", "-c", TINY_YAML, "data.layout=paired", f"data.low={low}", f"data.high={high}",
+                    f"data.photos={photos}", "data.synthetic_ratio=0.5", "data.val_block=2",
+                    f"out_dir={tmp_path / 'run'}", *FAST, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data.crops=3"], "unknown config key data.crops; allowed: batch_size, cache_dir, crop"),
+    (["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
+    (["data.darken.noise=maybe"], "data.darken.noise: expected true or false, got 'maybe'"),
+    (["optim.lr"], "override 'optim.lr' is not of the form key=value"),
+    (["data.layout=paired"], "data.layout 'paired' needs data.low and data.high folders"),
+    (["data.crop=20"], "data.crop (20) must be a multiple of 8 for this model"),
+    (["data.crop=16"], "data.crop (16) must be at least 32 for this model"),
+])
+def test_config_errors_are_one_line(tmp_path, args, message):
+    photos = make_photos(tmp_path / "photos", n=2)
+    result = lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={tmp_path / 'run'}",
+                    "optim.max_steps=1", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_unknown_key_in_the_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 0.001\n  momentum: 0.9\n")
+    result = lldiff("train", "-c", bad)
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: unknown config key optim.momentum; allowed: ema_decay, grad_clip, "
+                                     "lr, max_steps, min_lr, warmup, weight_decay")
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    result = lldiff("train", "-c", TINY_YAML, f"data.photos={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'r'}")
+    assert result.exit_code == 2
+    assert "input folder does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_two_processes_with_gloo(tmp_path):
+    """torchrun, two CPU processes: DistributedDataParallel over gloo, rank 0 writes.
+
+    The run checks at the end that both processes hold bit-identical weights and EMA weights
+    (it fails otherwise), so exit 0 means the replicas agreed.
+    """
+    photos = make_photos(tmp_path / "photos")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lldiff_cli", "train", "-c", str(TINY_YAML), f"data.photos={photos}", f"out_dir={run}",
+           *FAST, "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 4 and state["world_size"] == 2
+    assert proc.stderr.count("training on 5 photos") == 1  # rank 0 alone reports
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    # The checkpoint's weights moved from the common initialisation.
+    torch.manual_seed(0)
+    from lldiff_cli.model import WaveletDiffusion
+
+    init = WaveletDiffusion(model_from_checkpoint(state).config).state_dict()
+    assert any(not torch.equal(init[k], v) for k, v in state["state_dict"].items())
+
+
+def test_ctrl_c_saves_last_pt_and_resume_continues(tmp_path):
+    import signal
+    import time
+
+    photos = make_photos(tmp_path / "photos")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    args = [sys.executable, "-m", "lldiff_cli", "train", "-c", str(TINY_YAML), f"data.photos={photos}",
+            f"out_dir={run}", *FAST, "optim.max_steps=100000", "log_every=1", "val_every=100000", "--device", "cpu"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted at step" in err and "--resume" in err
+    step = load_checkpoint(run / "last.pt")["step"]
+    assert step >= 2
+    more = lldiff("train", "-c", run / "config.yaml", f"optim.max_steps={step + 1}", "--resume", "--quiet")
+    assert more.exit_code == 0, (more.output, more.exception)
+    assert load_checkpoint(run / "last.pt")["step"] == step + 1

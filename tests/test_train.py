@@ -1,0 +1,295 @@
+"""The training core on tiny models and generated images: every test runs in seconds on a CPU."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from lldiff_cli.config import load_config
+from lldiff_cli.errors import LldiffError
+from lldiff_cli.model import WaveletDiffusion, load_checkpoint
+from lldiff_cli.train import (LossStep, TrainConfig, TrainData, check_config, get_lr, load_training_data,
+                              make_batch, prefetch, sampled_image, train, write_curve)
+
+TINY_YAML = Path(__file__).resolve().parent.parent / "lldiff_cli" / "configs" / "tiny.yaml"
+
+
+def save_rgb(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(array).save(path)
+
+
+def smooth_image(rng, h: int, w: int) -> np.ndarray:
+    """A blurry colour image: something a tiny model can learn a little of in a few steps."""
+    small = rng.uniform(0.2, 0.9, (3, h // 8 + 1, w // 8 + 1)).astype(np.float32)
+    big = torch.nn.functional.interpolate(torch.from_numpy(small)[None], size=(h, w), mode="bilinear")[0]
+    return (big.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def make_photos(root: Path, n: int = 6, size=(40, 48)) -> Path:
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        save_rgb(root / ("sub" if i % 2 else "") / f"photo{i}.png", smooth_image(rng, *size))
+    return root
+
+
+def make_paired(root: Path, n: int = 6, size=(32, 40)) -> tuple[Path, Path]:
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        high = smooth_image(rng, *size)
+        save_rgb(root / "high" / f"{i}.png", high)
+        save_rgb(root / "low" / f"{i}.png", (high * 0.2).astype(np.uint8))
+    return root / "low", root / "high"
+
+
+def tiny_cfg(tmp_path: Path, *overrides: str) -> TrainConfig:
+    """tiny.yaml on generated photos: 32-pixel crops, 2 images a batch, one thread."""
+    photos = tmp_path / "photos"
+    if not photos.exists():
+        make_photos(photos)
+    return load_config(TrainConfig, TINY_YAML, [
+        f"data.photos={photos}", f"out_dir={tmp_path / 'run'}", "data.crop=32", "data.batch_size=2",
+        "optim.max_steps=6", "optim.warmup=2", "log_every=2", "val_every=3", "ckpt_every=3",
+        "val_images=1", *overrides])
+
+
+def test_tiny_yaml_is_a_valid_config():
+    cfg = load_config(TrainConfig, TINY_YAML)
+    check_config(cfg)
+    assert cfg.data.layout == "none" and cfg.data.photos == "sample_images"
+
+
+def test_get_lr_warms_up_then_decays():
+    cfg = TrainConfig().optim
+    assert get_lr(0, cfg) == pytest.approx(cfg.lr / cfg.warmup)
+    assert get_lr(cfg.warmup, cfg) == pytest.approx(cfg.lr)
+    assert get_lr(cfg.max_steps, cfg) == pytest.approx(cfg.min_lr)
+
+
+def test_loss_goes_down_on_a_fixed_batch(tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(tmp_path)
+    data = load_training_data(cfg)
+    low, high = make_batch(data, cfg.data, seed=0, step=0)
+    torch.manual_seed(0)
+    model = WaveletDiffusion(cfg.model)
+    step_loss = LossStep(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    weights = asdict(cfg.loss)
+
+    def weighted() -> torch.Tensor:
+        # The same timesteps and noise every time: only the weights change.
+        terms = step_loss(low, high, torch.Generator().manual_seed(0))
+        return sum(weights[k] * v for k, v in terms.items())
+
+    with torch.no_grad():
+        first = float(weighted())
+    for _ in range(20):
+        loss = weighted()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(weighted()) < 0.6 * first
+
+
+def test_batches_are_a_function_of_seed_step_and_rank(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    data = load_training_data(cfg)
+    a = make_batch(data, cfg.data, 0, 5, rank=0)
+    b = make_batch(data, cfg.data, 0, 5, rank=0)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[1], make_batch(data, cfg.data, 0, 5, rank=1)[1])
+    assert not torch.equal(a[1], make_batch(data, cfg.data, 0, 6, rank=0)[1])
+    low, high = a
+    assert low.shape == high.shape == (2, 3, 32, 32)
+    assert low.mean() < high.mean()  # darkened
+    assert torch.equal(low, (low * 255).round() / 255)  # on 8-bit levels, like a file
+    # Threads build the same batches, in order.
+    steps = range(3, 9)
+    built = list(prefetch(lambda s: make_batch(data, cfg.data, 0, s), steps, workers=2))
+    for s, (lo, hi) in zip(steps, built):
+        assert torch.equal(hi, make_batch(data, cfg.data, 0, s)[1])
+
+
+def test_photos_are_split_decoded_and_filtered(tmp_path):
+    photos = make_photos(tmp_path / "photos", n=8)
+    save_rgb(photos / "tiny.png", np.zeros((20, 50, 3), np.uint8))
+    (photos / "broken.png").write_bytes(b"not a png")
+    save_rgb(photos / "huge.png", np.full((200, 300, 3), 128, np.uint8))
+    cfg = tiny_cfg(tmp_path, "data.max_side=60")
+    data = load_training_data(cfg)
+    assert len(data.val_pairs) == len(data.val_names) > 0
+    assert all(name.startswith("photos/") for name in data.val_names)
+    assert {Path(name).name for name, _ in data.skipped} == {"tiny.png", "broken.png"}
+    assert max(max(p.shape[1:]) for p in data.photos + [h for _, h in data.val_pairs]) <= 60
+    assert any(tuple(p.shape[1:]) == (40, 60) for p in data.photos + [h for _, h in data.val_pairs])
+    low, high = data.val_pairs[0]
+    assert low.dtype == high.dtype == torch.uint8 and low.shape == high.shape
+    # The held-out photos get the same darkening every time.
+    again = load_training_data(cfg)
+    assert torch.equal(again.val_pairs[0][0], low)
+
+
+def test_mixing_pairs_and_photos(tmp_path):
+    low_dir, high_dir = make_paired(tmp_path / "pairs")
+    cfg = tiny_cfg(tmp_path, "data.layout=paired", f"data.low={low_dir}", f"data.high={high_dir}",
+                   "data.batch_size=8", "data.synthetic_ratio=0.25", "data.val_block=1")
+    data = load_training_data(cfg)
+    assert data.pairs and data.photos
+    assert any(not name.startswith("photos/") for name in data.val_names)
+    low, _ = make_batch(data, cfg.data, 0, 0)
+    assert low.shape == (8, 3, 32, 32)
+    only_pairs = tiny_cfg(tmp_path, "data.layout=paired", f"data.low={low_dir}", f"data.high={high_dir}",
+                          "data.photos=null")
+    assert not load_training_data(only_pairs).photos
+
+
+def test_named_layouts_come_from_data_py(tmp_path):
+    make_paired(tmp_path / "root" / "LOL-v2" / "Real_captured" / "Train", n=4)
+    base = tmp_path / "root" / "LOL-v2" / "Real_captured" / "Train"
+    (base / "low").rename(base / "Low")
+    (base / "high").rename(base / "Normal")
+    cfg = tiny_cfg(tmp_path, "data.layout=LOLv2-real", f"data.root={tmp_path / 'root'}", "data.photos=null",
+                   "data.val_block=1", "data.val_fraction=0.25")
+    data = load_training_data(cfg)
+    assert len(data.pairs) == 3 and data.val_names == ["3"]
+    with pytest.raises(LldiffError, match="LOL .*not found"):
+        load_training_data(tiny_cfg(tmp_path, "data.layout=LOL", f"data.root={tmp_path}", "data.photos=null"))
+    with pytest.raises(LldiffError, match="to train on data.photos alone, set data.layout=none"):
+        load_training_data(tiny_cfg(tmp_path, "data.layout=LOL", f"data.root={tmp_path}"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.layout=LOL3", "unknown data.layout 'LOL3'; allowed: LOL, LOLv2-real"),
+    ("data.synthetic_ratio=1.5", "data.synthetic_ratio must be in"),
+    ("data.darken.gamma=[5, 1]", "data.darken: gamma range"),
+    ("data.darken.mode=night", "unknown data.darken.mode 'night'"),
+    ("data.photos=null", "no training data"),
+    ("data.crop=16", "data.crop (16) must be at least 32 for this model"),
+])
+def test_bad_values_are_clear_errors(tmp_path, override, message):
+    with pytest.raises(LldiffError, match=re.escape(message)):
+        check_config(tiny_cfg(tmp_path, override))
+
+
+def run_train(cfg: TrainConfig, data: TrainData, **kwargs) -> dict:
+    return train(cfg, data, device=torch.device("cpu"), **kwargs)
+
+
+def flat_state(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint's model, EMA and optimiser state, by a flat name."""
+    state = load_checkpoint(path)
+    out = {f"model.{k}": v for k, v in state["state_dict"].items()}
+    out.update({f"ema.{k}": v for k, v in state["ema_state_dict"].items()})
+    for i, s in state["optimizer"]["state"].items():
+        out.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
+    return out
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    cfg = tiny_cfg(tmp_path, "optim.max_steps=6")
+    data = load_training_data(cfg)
+    straight = run_train(cfg, data)
+    assert straight["step"] == 6
+
+    # The same run stopped after 4 steps (as by Ctrl-C), then resumed with batches built in threads.
+    cfg2 = tiny_cfg(tmp_path, "optim.max_steps=6", f"out_dir={tmp_path / 'run2'}", "data.workers=2")
+    calls = iter(range(100))
+    first = run_train(cfg2, data, stop=lambda: next(calls) >= 4)
+    assert first["step"] == 4 and load_checkpoint(tmp_path / "run2" / "last.pt")["step"] == 4
+    second = run_train(cfg2, data, resume=True)
+    assert second["step"] == 6
+
+    a, b = flat_state(tmp_path / "run" / "last.pt"), flat_state(tmp_path / "run2" / "last.pt")
+    # Bit for bit: model, EMA and optimiser; the history too, as the stop fell on a log step.
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["history"] == \
+        load_checkpoint(tmp_path / "run2" / "last.pt")["history"]
+
+
+def test_stop_saves_last_pt_at_that_step_and_resume_accepts_older_checkpoints(tmp_path):
+    cfg = tiny_cfg(tmp_path, "optim.max_steps=50")
+    data = load_training_data(cfg)
+    calls = iter(range(100))
+    record = run_train(cfg, data, stop=lambda: next(calls) >= 2)
+    last = tmp_path / "run" / "last.pt"
+    state = load_checkpoint(last)
+    assert record["step"] == state["step"] == 2
+    required = {"format", "config", "state_dict", "ema_state_dict", "optimizer", "step", "best_psnr",
+                "history", "train_config", "rng"}
+    assert required <= state.keys()
+    # A checkpoint of the previous version has no scaler / world_size: it still resumes.
+    for key in ("scaler", "world_size"):
+        state.pop(key)
+    state["rng"] = {"data": torch.Generator().get_state(), "torch": torch.get_rng_state()}
+    torch.save(state, last)
+    calls = iter(range(100))
+    assert run_train(cfg, data, resume=True, stop=lambda: next(calls) >= 1)["step"] == 3
+
+
+def test_out_dir_guards(tmp_path):
+    cfg = tiny_cfg(tmp_path, "optim.max_steps=1")
+    data = load_training_data(cfg)
+    with pytest.raises(LldiffError, match="nothing to resume"):
+        run_train(cfg, data, resume=True)
+    run_train(cfg, data)
+    with pytest.raises(LldiffError, match="already holds a run"):
+        run_train(cfg, data)
+    other = tiny_cfg(tmp_path, "optim.max_steps=2", "model.unet.width=16")
+    with pytest.raises(LldiffError, match=r"holds another model \(model.unet differ"):
+        run_train(other, data, resume=True)
+
+
+def test_logs_validation_curve_and_best_checkpoint(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    records = []
+    steps = []
+    result = run_train(cfg, load_training_data(cfg), on_log=records.append, on_step=steps.append)
+    assert steps == [1, 2, 3, 4, 5, 6]
+    losses = [r for r in records if "loss" in r]
+    assert [r["step"] for r in losses] == [2, 4, 6]
+    assert {"noise", "x0", "anchor", "exposure", "detail", "tv", "content", "dfpl", "it_s", "lr"} <= losses[0].keys()
+    assert [r["step"] for r in records if "val_psnr" in r] == [3, 6]
+    assert result["best_psnr"] > 0
+    run = tmp_path / "run"
+    assert (run / "best.pt").is_file()
+    with PILImage.open(run / "curve.png") as im:
+        assert im.format == "PNG" and im.size == (720, 520)
+
+
+def test_write_curve_copes_with_little_history(tmp_path):
+    for history in ([], [{"step": 1, "loss": 0.5}], [{"step": 3, "val_psnr": 12.0}]):
+        write_curve(history, tmp_path / "c.png")
+        assert PILImage.open(tmp_path / "c.png").size == (720, 520)
+
+
+def test_sampled_image_is_enhance_with_gradients(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(tmp_path)
+    model = WaveletDiffusion(cfg.model).eval()
+    dark = torch.rand(2, 3, 16, 16) * 0.3
+    exposure = torch.tensor([0.4, 0.6])
+    expected = model.enhance(dark, exposure=exposure, generator=torch.Generator().manual_seed(3))
+    got = sampled_image(model, dark, exposure, torch.Generator().manual_seed(3))
+    assert torch.allclose(got.clamp(0, 1), expected, atol=1e-6)
+    assert got.requires_grad
+
+
+def test_train_sampler_every_adds_the_sampled_term(tmp_path):
+    cfg = tiny_cfg(tmp_path, "train_sampler_every=2", "optim.max_steps=2", "log_every=1", "val_every=100")
+    records = []
+    run_train(cfg, load_training_data(cfg), on_log=records.append)
+    assert "sampled" in records[0] and "sampled" not in records[1]
+
+
+def test_bf16_on_the_cpu_trains(tmp_path):
+    cfg = tiny_cfg(tmp_path, "bf16=true", "optim.max_steps=2", "val_every=100")
+    assert run_train(cfg, load_training_data(cfg))["step"] == 2
