@@ -214,7 +214,7 @@ def enhance(
     seed: Annotated[int, typer.Option(help="Seed of the sampling noise; the same seed gives the same output.")] = 0,
     exposure: Annotated[str, typer.Option(help="Target mean brightness: 'auto' (the model's estimate) or a number in (0, 1).")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Reserved: images go through one at a time; tiles of one image one at a time.", min=1, max=1)] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles of a tiled image that go through the model together (faster on a GPU; more memory).", min=1)] = 1,
     tile: Annotated[Optional[int], typer.Option(help="Tile size in pixels. Default: tile only images above 2.5 megapixels, in 1024-pixel tiles, which bounds memory (about 2 GB on a CPU).", min=64)] = None,
     overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles in pixels; seams are blended over it.", min=0)] = 64,
     half: Annotated[bool, typer.Option("--half", help="float16 on CUDA (faster, less memory).")] = False,
@@ -246,7 +246,8 @@ def enhance(
         net = load_model(model, map_location=dev).to(dev)
         if half:
             net = net.half()
-        settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap, half=half)
+        settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap,
+                                   half=half, batch_size=batch_size)
         with batch_progress(len(files), "enhance", quiet) as on_item:
             report = enhance_folder(net, in_dir, out_dir, device=dev, settings=settings, recursive=recursive,
                                     fmt=fmt, overwrite=overwrite, on_item=on_item, files=files)

@@ -26,6 +26,7 @@ class EnhanceSettings:
     overlap: int = DEFAULT_OVERLAP
     max_pixels: int = DEFAULT_MAX_PIXELS
     half: bool = False
+    batch_size: int = 1                # tiles per forward pass
 
 
 def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device: torch.device) -> torch.Tensor:
@@ -35,7 +36,7 @@ def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device:
         x = x.half()
     with torch.no_grad():
         out = enhance_tensor(model, x, tile=settings.tile, overlap=settings.overlap,
-                             max_pixels=settings.max_pixels, exposure=settings.exposure,
+                             max_pixels=settings.max_pixels, exposure=settings.exposure, batch_size=settings.batch_size,
                              steps=settings.steps, eta=settings.eta, seed=settings.seed)
     return out.float().cpu()
 

@@ -57,11 +57,13 @@ def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tens
 
 
 def enhance_tensor(model, image: torch.Tensor, *, tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, exposure: Optional[float] = None, **kwargs) -> torch.Tensor:
+                   max_pixels: int = DEFAULT_MAX_PIXELS, exposure: Optional[float] = None, batch_size: int = 1,
+                   **kwargs) -> torch.Tensor:
     """image: 1x3xHxW in [0, 1] on the model's device -> enhanced 1x3xHxW in [0, 1].
 
     ``model`` needs ``multiple`` and ``enhance(x, exposure=..., **kwargs)``; ``tile`` forces
-    tiling with tiles of that size (rounded up to the model's multiple).
+    tiling with tiles of that size (rounded up to the model's multiple). ``batch_size`` tiles
+    go through the model together (every tile of an image has the same size).
     """
     h, w = image.shape[-2:]
     m = model.multiple
@@ -76,12 +78,15 @@ def enhance_tensor(model, image: torch.Tensor, *, tile: Optional[int] = None, ov
     out = torch.zeros(image.shape[0], 3, h, w)
     weight = torch.zeros(1, 1, h, w)
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            piece = image[..., y:y + tile, x:x + tile]
-            padded, size = pad_to_multiple(piece, m)
-            result = unpad(model.enhance(padded, exposure=exposure, **kwargs), size).float().cpu()
-            th, tw = size
+    grid = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    for first in range(0, len(grid), batch_size):
+        chunk = grid[first:first + batch_size]
+        pieces = [image[..., ys[i]:ys[i] + tile, xs[j]:xs[j] + tile] for i, j in chunk]
+        padded, size = pad_to_multiple(torch.cat(pieces), m)
+        results = unpad(model.enhance(padded, exposure=exposure, **kwargs), size).float().cpu()
+        th, tw = size
+        for (i, j), result in zip(chunk, results):
+            y, x = ys[i], xs[j]
             # Ramps only where a neighbouring tile overlaps; their true overlap may exceed `overlap`.
             wy = _ramp(th, min(overlap, th), i == 0, i == len(ys) - 1)
             wx = _ramp(tw, min(overlap, tw), j == 0, j == len(xs) - 1)

@@ -66,7 +66,7 @@ def test_enhance_is_reproducible_and_resumes(tmp_path, checkpoint, dark_folder):
 
 def test_enhance_tiles_and_format_and_exposure(tmp_path, checkpoint, dark_folder):
     result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--quiet",
-                    "--tile", "64", "--overlap", "8", "--format", "webp", "--exposure", "0.4")
+                    "--tile", "16", "--overlap", "4", "--batch-size", "2", "--format", "webp", "--exposure", "0.4")
     assert result.exit_code == 1  # broken.jpg
     assert (tmp_path / "o" / "a.webp").exists()
 

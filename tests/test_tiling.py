@@ -48,6 +48,15 @@ def test_identity_model_gives_back_the_input_untiled_and_tiled():
     torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
 
 
+def test_tiles_in_batches_give_the_same_result():
+    x = torch.rand(1, 3, 50, 70)
+    one, three = Brighten(), Brighten()
+    a = enhance_tensor(one, x, tile=24, overlap=8)
+    b = enhance_tensor(three, x, tile=24, overlap=8, batch_size=3)
+    torch.testing.assert_close(a, b)
+    assert len(three.calls) == -(-len(one.calls) // 3) and three.calls[0][0] == 3
+
+
 def test_pointwise_model_has_no_seams_when_tiled():
     x = torch.rand(1, 3, 50, 70)
     whole = enhance_tensor(Brighten(), x)
