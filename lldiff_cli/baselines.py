@@ -152,12 +152,9 @@ def _model_method(spec: str, device: torch.device | str) -> Method:
     estimate, seed 0, so a score is reproducible."""
     if spec.lower() != "default" and not Path(spec).is_file():
         raise LldiffError(f"method {spec!r}: no such checkpoint file")
-    try:
-        from lldiff_cli.enhance import EnhanceSettings, enhance_image
-        from lldiff_cli.model import load_model
-    except ImportError:
-        raise LldiffError("no default model is installed yet; use a baseline: "
-                          + ", ".join(BASELINES)) from None
+    from lldiff_cli.enhance import EnhanceSettings, enhance_image
+    from lldiff_cli.model import load_model
+
     device = torch.device(device)
     path = None if spec.lower() == "default" else Path(spec)
     net = load_model(path, map_location=device).to(device)
