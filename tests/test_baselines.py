@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -51,9 +49,9 @@ def test_unknown_and_bad_specs_list_what_is_allowed():
             B.make_method(bad)
 
 
-def test_default_without_a_model_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "lldiff_cli.model", types.ModuleType("lldiff_cli.model"))
-    with pytest.raises(LldiffError, match="no default model is installed yet"):
+def test_default_without_a_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLDIFF_MODELS", str(tmp_path))
+    with pytest.raises(LldiffError, match="no default model is installed"):
         B.make_method("default")
 
 
