@@ -13,7 +13,7 @@ import torch
 
 from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
 from lldiff_cli.images import Image, list_images, output_path, write_image
-from lldiff_cli.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, enhance_tensor
+from lldiff_cli.tiling import DEFAULT_OVERLAP, enhance_tensor
 
 
 @dataclass
@@ -24,7 +24,7 @@ class EnhanceSettings:
     exposure: Optional[float] = None   # None: the model's own estimate ("auto")
     tile: Optional[int] = None
     overlap: int = DEFAULT_OVERLAP
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: Optional[int] = None   # None: the model's default bound (tiling.default_max_pixels)
     half: bool = False
     batch_size: int = 1                # tiles per forward pass
 

@@ -86,6 +86,10 @@ class WaveletDiffusion(nn.Module):
     # --- shapes -------------------------------------------------------------------
 
     @property
+    def levels(self) -> int:
+        return self.config.levels
+
+    @property
     def multiple(self) -> int:
         """Input height and width must be divisible by this (tiling pads to it)."""
         inner = self.unet.multiple

@@ -15,11 +15,21 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-# Above this many pixels an image is tiled. At the default model this keeps the peak memory
-# of one CPU forward pass near 2 GB.
-DEFAULT_MAX_PIXELS = 2_500_000
-DEFAULT_TILE = 1024
+# The network's cost and memory grow with the pixels of the band it denoises, 4**levels times
+# fewer than the image's. Above this many band pixels an image is tiled, in tiles of this many
+# band pixels a side: at the default model (levels 2) that is 2.56 megapixels and 1024-pixel
+# tiles, and for pixel-space diffusion (levels 0) 160,000 pixels and 256-pixel tiles.
+MAX_BAND_PIXELS = 160_000
+BAND_TILE = 256
 DEFAULT_OVERLAP = 64
+
+
+def default_max_pixels(levels: int) -> int:
+    return MAX_BAND_PIXELS * 4 ** levels
+
+
+def default_tile(levels: int) -> int:
+    return BAND_TILE * 2 ** levels
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -57,20 +67,22 @@ def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tens
 
 
 def enhance_tensor(model, image: torch.Tensor, *, tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, exposure: Optional[float] = None, batch_size: int = 1,
+                   max_pixels: Optional[int] = None, exposure: Optional[float] = None, batch_size: int = 1,
                    **kwargs) -> torch.Tensor:
     """image: 1x3xHxW in [0, 1] on the model's device -> enhanced 1x3xHxW in [0, 1].
 
-    ``model`` needs ``multiple`` and ``enhance(x, exposure=..., **kwargs)``; ``tile`` forces
-    tiling with tiles of that size (rounded up to the model's multiple). ``batch_size`` tiles
-    go through the model together (every tile of an image has the same size).
+    ``model`` needs ``multiple``, ``levels`` and ``enhance(x, exposure=..., **kwargs)``;
+    ``tile`` forces tiling with tiles of that size (rounded up to the model's multiple);
+    ``max_pixels`` (default: :func:`default_max_pixels`) is the size above which tiling starts.
+    ``batch_size`` tiles go through the model together (every tile of an image has the same size).
     """
     h, w = image.shape[-2:]
     m = model.multiple
+    max_pixels = default_max_pixels(model.levels) if max_pixels is None else max_pixels
     if tile is None and h * w <= max_pixels:
         padded, size = pad_to_multiple(image, m)
         return unpad(model.enhance(padded, exposure=exposure, **kwargs), size)
-    tile = tile or DEFAULT_TILE
+    tile = tile or default_tile(model.levels)
     tile = max(m, math.ceil(tile / m) * m)
     overlap = min(overlap, tile // 2)
     if exposure is None and hasattr(model, "auto_exposure"):

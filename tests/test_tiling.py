@@ -7,6 +7,7 @@ class Identity:
     """A 'model' that returns its input: tiling must give the input back, seams included."""
 
     multiple = 8
+    levels = 2
 
     def __init__(self):
         self.calls = []
@@ -74,3 +75,14 @@ def test_tiled_real_model_uses_one_exposure(tiny_model):
     x = torch.rand(1, 3, 40, 56) * 0.3
     out = enhance_tensor(tiny_model, x, tile=24, overlap=8, seed=0)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_the_tiling_bound_follows_the_band_the_network_sees():
+    from lldiff_cli.tiling import default_max_pixels, default_tile
+
+    assert default_max_pixels(2) == 2_560_000 and default_tile(2) == 1024
+    assert default_max_pixels(0) == 160_000 and default_tile(0) == 256
+    pixel_space = Identity()
+    pixel_space.levels = 0
+    enhance_tensor(pixel_space, torch.rand(1, 3, 400, 600))
+    assert len(pixel_space.calls) > 1 and all(s[-1] <= 256 for s in pixel_space.calls)
