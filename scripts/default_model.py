@@ -1,9 +1,15 @@
 """Choose the default model's sampler settings on the held-out split, and ship it to models/.
 
-    python scripts/default_model.py sweep runs/default --steps 1,2,4,8 --eta 0 --start-noise 0,1
-    python scripts/default_model.py ship runs/default --steps 4 --eta 0 --start-noise 1
+    python scripts/default_model.py calibrate runs/default              # -> runs/default/calibrated.pt
+    python scripts/default_model.py sweep runs/default --checkpoint calibrated.pt --steps 1,2,4,8 --start-noise 0,1
+    python scripts/default_model.py ship runs/default --checkpoint calibrated.pt --steps 4 --eta 0
 
-Both read the run's config.yaml (data layout and root) and split.json (the held-out names),
+`calibrate` refits only the exposure estimator (``--exposure auto``) of the EMA weights on whole
+training images with a squared error: training sees 128-pixel crops and an L1 loss, inference
+sees whole images, and the squared error gives the mean brightness a scene of that look has,
+which is what minimises the expected squared error (and so maximises PSNR) when the brightness
+cannot be known. The held-out images are not used. All three read the run's config.yaml (data
+layout and root) and split.json (the held-out names),
 enhance every held-out image with the checkpoint's EMA weights exactly as `lldiff enhance`
 does, and score it with lldiff_cli.metrics (PSNR / SSIM, plain and GT-mean). `ship` writes
 models/lldiff-default.pt (EMA weights and config only) and its card models/lldiff-default.yaml.
@@ -33,7 +39,8 @@ from lldiff_cli.model import DEFAULT_MODEL_NAME, WaveletDiffusion, load_checkpoi
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def held_out_pairs(run: Path) -> tuple[list, dict]:
+def run_pairs(run: Path, held_out: bool = True) -> tuple[list, dict]:
+    """(name, low, high) tensors of the run's held-out pairs (or of its training pairs)."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     data = cfg["data"]
     if data.get("low") and data.get("high"):
@@ -41,9 +48,35 @@ def held_out_pairs(run: Path) -> tuple[list, dict]:
     else:
         low_dir, high_dir = layout_dirs(data["layout"], Path(data["root"]), data.get("split", "train"))
     names = set(json.loads((run / "split.json").read_text())["val"])
-    pairs = [p for p in paired_folders(low_dir, high_dir).pairs if p.name in names]
+    pairs = [p for p in paired_folders(low_dir, high_dir).pairs if (p.name in names) == held_out]
     loaded = [(p.name, read_image(p.low).rgb, read_image(p.high).rgb) for p in pairs]
     return loaded, cfg
+
+
+def calibrate(model: WaveletDiffusion, pairs, iterations: int = 300, seed: int = 0) -> None:
+    """Refit model.exposure_net on whole images (squared error to the ground truth's mean grey)."""
+    from lldiff_cli.tiling import pad_to_multiple
+
+    with torch.no_grad():
+        bands = [model.decompose(pad_to_multiple(low, 2 ** model.levels)[0])[0] for _, low, _ in pairs]
+    targets = torch.tensor([float(high.mean()) for _, _, high in pairs])
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.exposure_net.parameters(), lr=1e-3)
+    model.exposure_net.train()
+    for it in range(iterations):
+        idx = torch.randint(len(bands), (32,), generator=gen).tolist()
+        same = {}
+        for i in idx:  # batch images of one size together
+            same.setdefault(tuple(bands[i].shape), []).append(i)
+        loss = 0.0
+        for group in same.values():
+            x = torch.cat([bands[i] for i in group])
+            x = x.flip(-1) if it % 2 else x
+            loss = loss + ((model.exposure_net(x) - targets[group]) ** 2).sum() / len(idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.exposure_net.eval()
 
 
 def score(model: WaveletDiffusion, pairs, settings: EnhanceSettings) -> dict:
@@ -69,7 +102,7 @@ def sampler_model(payload: dict, **sampler) -> WaveletDiffusion:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["sweep", "ship"])
+    parser.add_argument("action", choices=["calibrate", "sweep", "ship"])
     parser.add_argument("run", type=Path)
     parser.add_argument("--checkpoint", default="best.pt")
     parser.add_argument("--steps", default=None)
@@ -82,7 +115,17 @@ def main() -> None:
     torch.set_flush_denormal(True)
     ckpt = args.run / args.checkpoint
     payload = load_checkpoint(ckpt)
-    pairs, cfg = held_out_pairs(args.run)
+    if args.action == "calibrate":
+        model = model_from_checkpoint(payload)
+        train_pairs, _ = run_pairs(args.run, held_out=False)
+        calibrate(model, train_pairs)
+        out = args.run / "calibrated.pt"
+        torch.save({"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict(),
+                    "step": payload.get("step"), "history": payload.get("history", []),
+                    "calibrated_from": args.checkpoint}, out)
+        print(f"wrote {out}")
+        return
+    pairs, cfg = run_pairs(args.run)
     if args.limit:
         pairs = pairs[: args.limit]
 
