@@ -46,6 +46,11 @@ class ModelConfig:
     hfrm: dict = field(default_factory=lambda: {"width": 24, "dilations": [1, 2, 4, 2, 1], "heads": 2})
     anchor: Optional[dict] = field(default_factory=lambda: {"width": 16, "channel_mults": [1, 2, 4]})
     exposure: dict = field(default_factory=lambda: {"width": 16})
+    # --exposure auto = prior + shrink * (estimate - prior): where the brightness of the ground
+    # truth cannot be told from the dark image (LOL), pulling the estimate towards the typical
+    # exposure scores better. None: the estimate as it is.
+    exposure_prior: Optional[float] = None
+    exposure_shrink: float = 1.0
     schedule: dict = field(default_factory=lambda: {"kind": "linear", "timesteps": 1000,
                                                     "beta_start": 1e-4, "beta_end": 0.02})
     prediction: str = "x0"
@@ -59,6 +64,10 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         if not 0 <= self.levels <= 4:
             raise LldiffError(f"levels must be 0..4, got {self.levels}")
+        if self.exposure_prior is not None and not 0 < self.exposure_prior < 1:
+            raise LldiffError(f"exposure_prior must be in (0, 1), got {self.exposure_prior}")
+        if not 0 <= self.exposure_shrink <= 1:
+            raise LldiffError(f"exposure_shrink must be in [0, 1], got {self.exposure_shrink}")
         if self.prediction not in PREDICTIONS:
             raise LldiffError(f"unknown prediction {self.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
         S.ddim_timesteps(self.schedule.get("timesteps", 1000), self.steps, self.spacing)
@@ -119,7 +128,11 @@ class WaveletDiffusion(nn.Module):
 
     def estimate_exposure(self, dark_band: torch.Tensor) -> torch.Tensor:
         """N estimates of the target mean grey level in (0, 1) (``--exposure auto``)."""
-        return self.exposure_net(dark_band)
+        estimate = self.exposure_net(dark_band)
+        prior = self.config.exposure_prior
+        if prior is None:
+            return estimate
+        return prior + self.config.exposure_shrink * (estimate - prior)
 
     @torch.no_grad()
     def auto_exposure(self, image: torch.Tensor, max_side: int = 600) -> torch.Tensor:

@@ -5,10 +5,10 @@
     python scripts/default_model.py ship runs/default --checkpoint calibrated.pt --steps 4 --eta 0
 
 `calibrate` refits only the exposure estimator (``--exposure auto``) of the EMA weights on whole
-training images with a squared error: training sees 128-pixel crops and an L1 loss, inference
-sees whole images, and the squared error gives the mean brightness a scene of that look has,
-which is what minimises the expected squared error (and so maximises PSNR) when the brightness
-cannot be known. The held-out images are not used. All three read the run's config.yaml (data
+training images (training sees 128-pixel crops, inference whole images), with a squared error
+of log brightness, and records the mean estimate over the training images as the model's
+``exposure_prior``; `sweep --exposure-shrink 0,0.5,1` then measures how far to trust the
+per-image estimate against that prior. The held-out images are not used for fitting. All three read the run's config.yaml (data
 layout and root) and split.json (the held-out names),
 enhance every held-out image with the checkpoint's EMA weights exactly as `lldiff enhance`
 does, and score it with lldiff_cli.metrics (PSNR / SSIM, plain and GT-mean). `ship` writes
@@ -72,7 +72,7 @@ def calibrate(model: WaveletDiffusion, pairs, iterations: int = 300, seed: int =
         for group in same.values():
             x = torch.cat([bands[i] for i in group])
             x = x.flip(-1) if it % 2 else x
-            loss = loss + ((model.exposure_net(x) - targets[group]) ** 2).sum() / len(idx)
+            loss = loss + ((model.exposure_net(x).log() - targets[group].log()) ** 2).sum() / len(idx)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--eta", default=None)
     parser.add_argument("--start-noise", default=None)
     parser.add_argument("--spacing", default=None)
+    parser.add_argument("--exposure-shrink", default=None, help="auto exposure = prior + shrink * (estimate - prior)")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N held-out pairs")
     parser.add_argument("--notes", default="", help="ship: free text for the card (what was tried)")
     args = parser.parse_args()
@@ -119,6 +120,9 @@ def main() -> None:
         model = model_from_checkpoint(payload)
         train_pairs, _ = run_pairs(args.run, held_out=False)
         calibrate(model, train_pairs)
+        with torch.no_grad():  # the prior: the mean estimate over the training images
+            estimates = [float(model.auto_exposure(low)) for _, low, _ in train_pairs]
+        model.config = replace(model.config, exposure_prior=round(sum(estimates) / len(estimates), 4))
         out = args.run / "calibrated.pt"
         torch.save({"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict(),
                     "step": payload.get("step"), "history": payload.get("history", []),
@@ -133,14 +137,17 @@ def main() -> None:
         return [None] if text is None else [cast(v) for v in text.split(",")]
 
     grid = list(itertools.product(values(args.steps, int), values(args.eta, float),
-                                  values(args.start_noise, float), values(args.spacing, str)))
+                                  values(args.start_noise, float), values(args.spacing, str),
+                                  values(args.exposure_shrink, float)))
     if args.action == "ship" and len(grid) != 1:
         sys.exit("ship takes one value per sampler option")
     results = []
-    for steps, eta, start_noise, spacing in grid:
-        model = sampler_model(payload, steps=steps, eta=eta, start_noise=start_noise, spacing=spacing)
+    for steps, eta, start_noise, spacing, shrink in grid:
+        model = sampler_model(payload, steps=steps, eta=eta, start_noise=start_noise, spacing=spacing,
+                              exposure_shrink=shrink)
         c = model.config
         result = {"steps": c.steps, "eta": c.eta, "start_noise": c.start_noise, "spacing": c.spacing,
+                  "exposure_shrink": c.exposure_shrink, "exposure_prior": c.exposure_prior,
                   **score(model, pairs, EnhanceSettings())}
         results.append(result)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
@@ -164,6 +171,7 @@ def main() -> None:
                          if k in ("levels", "unet", "hfrm", "anchor", "prediction")},
         "schedule": model.config.schedule,
         "sampler": {k: getattr(model.config, k) for k in ("steps", "eta", "spacing", "start_noise", "clip")},
+        "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink},
         "training": {
             "data": f"LOL our485 ({cfg['data'].get('layout')}), {len(json.loads((args.run / 'split.json').read_text())['val'])} "
                     f"pairs held out in blocks of {cfg['data'].get('val_block')} consecutive names",

@@ -106,3 +106,16 @@ def test_checkpoint_with_wrong_weights_is_a_clear_error(tmp_path, tiny_model):
     payload["config"]["bogus"] = 1
     with pytest.raises(LldiffError, match="does not match this lldiff version"):
         model_from_checkpoint(payload)
+
+
+def test_auto_exposure_shrinks_towards_the_prior(tiny_model):
+    from dataclasses import replace
+
+    band = torch.rand(2, 3, 8, 8) * 2 - 1
+    raw = tiny_model.estimate_exposure(band)
+    tiny_model.config = replace(tiny_model.config, exposure_prior=0.4, exposure_shrink=0.0)
+    torch.testing.assert_close(tiny_model.estimate_exposure(band), torch.full((2,), 0.4))
+    tiny_model.config = replace(tiny_model.config, exposure_shrink=0.5)
+    torch.testing.assert_close(tiny_model.estimate_exposure(band), 0.4 + 0.5 * (raw - 0.4))
+    with pytest.raises(LldiffError, match="exposure_prior must be in"):
+        replace(tiny_model.config, exposure_prior=1.5).validate()
