@@ -274,7 +274,7 @@ def eval_command(
     split: Annotated[str, typer.Option("--split", help="train or test.")] = "test",
     low: Annotated[Optional[Path], typer.Option("--low", help="Folder of low-light images (instead of --dataset); alone: no-reference metrics only.")] = None,
     high: Annotated[Optional[Path], typer.Option("--high", help="Folder of ground truth for --low, matched by name.")] = None,
-    methods: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Repeatable: default, a checkpoint path, identity, gamma:G, clahe, he, msrcr; default identity.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Repeatable: default (the shipped model), a checkpoint path, identity, gamma:G, clahe, he, msrcr. Without it: default and identity.")] = None,
     metric_names: Annotated[Optional[list[str]], typer.Option("--metric", help="Repeatable: only these of psnr, ssim, psnr_gtmean, ssim_gtmean, lpips, loe, niqe; default all that apply.")] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores to this CSV file.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the protocol and the means to this JSON file.")] = None,
@@ -300,10 +300,8 @@ def eval_command(
 
     with user_errors():
         data = load_dataset(dataset, root=data_root, split=split, low=low, high=high).limit(limit)
-        chosen = list(methods or ["identity"])
-        if not methods:
-            console.print("no --method given: scoring identity (the input itself); "
-                          "add e.g. -m gamma:0.25 -m clahe", highlight=False)
+        # Without --method: the shipped model beside the input itself, the floor of every table.
+        chosen = list(methods or ["default", "identity"])
         dev = pick_device(device)
         built = [make_method(spec, dev) for spec in chosen]
         names = [m.name for m in built]

@@ -100,11 +100,21 @@ def test_eval_scores_good_images_and_names_the_bad_ones(tmp_path):
     assert "left off the sheet (not scored by every method): 6" in r.stderr
 
 
-def test_eval_of_a_clean_set_exits_0(tmp_path):
+def test_eval_of_a_clean_set_exits_0_and_scores_the_default_model_and_identity(tmp_path, monkeypatch):
+    import torch
+
+    from lldiff_cli.model import DEFAULT_MODEL_NAME, WaveletDiffusion, save_checkpoint, sha256_of
+    from tests.conftest import tiny_config
+
+    models = tmp_path / "models"
+    torch.manual_seed(0)
+    save_checkpoint(WaveletDiffusion(tiny_config()), models / "tiny.pt")
+    (models / f"{DEFAULT_MODEL_NAME}.yaml").write_text(f"weights: tiny.pt\nsha256: {sha256_of(models / 'tiny.pt')}\n")
+    monkeypatch.setenv("LLDIFF_MODELS", str(models))
     root = lol_tree(tmp_path / "data", bad=False)
     r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-q", *FAST)
     assert r.exit_code == 0, r.output
-    assert "identity" in r.stdout and "LOE" not in r.stdout
+    assert "default" in r.stdout and "identity" in r.stdout and "LOE" not in r.stdout
 
 
 def test_eval_reads_the_data_root_from_the_environment(tmp_path, monkeypatch):
