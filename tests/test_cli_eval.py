@@ -160,7 +160,7 @@ def test_eval_with_lpips_weights_fills_the_column(tmp_path):
     torch.save(model.state_dict(), tmp_path / "lpips.pth")
     out = tmp_path / "r.json"
     r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "--lpips-weights", tmp_path / "lpips.pth",
-               "--metric", "lpips", "--json", out, "-q")
+               "--metric", "lpips", "-m", "identity", "--json", out, "-q")
     assert r.exit_code == 0, r.output
     (entry,) = json.loads(out.read_text())["results"]
     assert isinstance(entry["lpips"], float)
