@@ -165,7 +165,7 @@ def test_eval_with_lpips_weights_fills_the_column(tmp_path):
     (entry,) = json.loads(out.read_text())["results"]
     assert isinstance(entry["lpips"], float)
     assert json.loads(out.read_text())["protocol"]["lpips_weights"] == [str(tmp_path / "lpips.pth")]
-    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "--lpips-weights", tmp_path / "none.pth")
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "--lpips-weights", tmp_path / "none.pth", "-m", "identity")
     assert r.exit_code == 2 and "LPIPS weights not found" in r.stderr
 
 
