@@ -215,7 +215,7 @@ def enhance(
     exposure: Annotated[str, typer.Option(help="Target mean brightness: 'auto' (the model's estimate) or a number in (0, 1).")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles of a tiled image that go through the model together (faster on a GPU; more memory).", min=1)] = 1,
-    tile: Annotated[Optional[int], typer.Option(help="Tile size in pixels. Default: the default model tiles only images above 2.56 megapixels, in 1024-pixel tiles, so memory stays near 2 GB on a CPU whatever the photo's size (the bound is 4x smaller per wavelet level less).", min=16)] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Tile size in pixels. Default: the default model tiles images above 0.4 megapixels (600x400 is not tiled) in 640-pixel tiles, so time grows linearly and memory stays under 1 GB on a CPU whatever the photo's size (the bound is 4x smaller per wavelet level less).", min=16)] = None,
     overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles in pixels; seams are blended over it.", min=0)] = 64,
     half: Annotated[bool, typer.Option("--half", help="float16 on CUDA (faster, less memory).")] = False,
     recursive: RecursiveOpt = False,

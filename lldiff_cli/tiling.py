@@ -16,11 +16,14 @@ import torch
 import torch.nn.functional as F
 
 # The network's cost and memory grow with the pixels of the band it denoises, 4**levels times
-# fewer than the image's. Above this many band pixels an image is tiled, in tiles of this many
-# band pixels a side: at the default model (levels 2) that is 2.56 megapixels and 1024-pixel
-# tiles, and for pixel-space diffusion (levels 0) 160,000 pixels and 256-pixel tiles.
-MAX_BAND_PIXELS = 160_000
-BAND_TILE = 256
+# fewer than the image's, and faster than linearly: the UNet's self-attention is quadratic in
+# them. Above this many band pixels an image is tiled, in tiles of this many band pixels a side:
+# at the default model (levels 2) that is 0.4 megapixels (a LOL image, 600x400, is not tiled)
+# and 640-pixel tiles; for pixel-space diffusion (levels 0) 25,000 pixels and 160-pixel tiles.
+# Measured on 2 CPU cores: one 1920x1080 image untiled took 40 s, in 640-pixel tiles it takes
+# about a quarter of that (benchmarks/speed.py).
+MAX_BAND_PIXELS = 25_000
+BAND_TILE = 160
 DEFAULT_OVERLAP = 64
 
 

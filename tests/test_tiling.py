@@ -80,9 +80,9 @@ def test_tiled_real_model_uses_one_exposure(tiny_model):
 def test_the_tiling_bound_follows_the_band_the_network_sees():
     from lldiff_cli.tiling import default_max_pixels, default_tile
 
-    assert default_max_pixels(2) == 2_560_000 and default_tile(2) == 1024
-    assert default_max_pixels(0) == 160_000 and default_tile(0) == 256
+    assert default_max_pixels(2) == 400_000 and default_tile(2) == 640
+    assert default_max_pixels(0) == 25_000 and default_tile(0) == 160
     pixel_space = Identity()
     pixel_space.levels = 0
     enhance_tensor(pixel_space, torch.rand(1, 3, 400, 600))
-    assert len(pixel_space.calls) > 1 and all(s[-1] <= 256 for s in pixel_space.calls)
+    assert len(pixel_space.calls) > 1 and all(s[-1] <= 160 for s in pixel_space.calls)
