@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lldiff darken sample_images out/demo --noise --seed 0 --overwrite
+	$(BIN)/lldiff enhance sample_images out/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
