@@ -67,6 +67,7 @@ def test_a_model_plugs_in_through_load_model(monkeypatch, tmp_path):
 
     class FakeModel:
         multiple = 4  # inputs are padded to it, as lldiff enhance does
+        levels = 2
 
         def to(self, device):
             return self
