@@ -193,22 +193,27 @@ class WaveletDiffusion(nn.Module):
             raise LldiffError(f"input {h}x{w} must be divisible by {self.multiple}; pad it first (tiling.pad)")
         if generator is None:
             generator = torch.Generator(device=dark.device).manual_seed(int(seed))
-        band, lls, highs = self.decompose(dark)
         n = dark.shape[0]
         if exposure is None:
-            e = self.estimate_exposure(band)
+            e = self.estimate_exposure(self.decompose(dark)[0])
         else:
-            e = torch.as_tensor(exposure, dtype=band.dtype, device=band.device).reshape(-1).expand(n)
+            e = torch.as_tensor(exposure, dtype=dark.dtype, device=dark.device).reshape(-1).expand(n)
             if not ((e > 0) & (e < 1)).all():
                 raise LldiffError(f"exposure must be in (0, 1), got {exposure}")
-        anchor = self.make_anchor(band, e)
-        timesteps = S.ddim_timesteps(self.schedule.num_timesteps, steps, cfg.spacing)
-        x = S.start_state(self.schedule, timesteps[0], band.shape, anchor=anchor, noise_scale=cfg.start_noise,
+        return self.sample(dark, e, steps=steps, eta=eta, generator=generator).clamp(0, 1)
+
+    def sample(self, dark: torch.Tensor, exposure: torch.Tensor, *, steps: int, eta: float,
+               generator: torch.Generator) -> torch.Tensor:
+        """The sampling path of :meth:`enhance`, differentiable and without checks (training
+        runs it with gradients): dark Nx3xHxW [0, 1], exposure (N,) -> image, not clamped."""
+        band, lls, highs = self.decompose(dark)
+        anchor = self.make_anchor(band, exposure)
+        timesteps = S.ddim_timesteps(self.schedule.num_timesteps, steps, self.config.spacing)
+        x = S.start_state(self.schedule, timesteps[0], band.shape, anchor=anchor, noise_scale=self.config.start_noise,
                           generator=generator, device=band.device, dtype=band.dtype)
-        restored = S.ddim_sample(self.schedule, lambda x_t, t: self.denoise(x_t, t, band, anchor, e),
-                                 x, timesteps, eta=eta, generator=generator, anchor=anchor, clip=cfg.clip)
-        details = self.restore_details(restored, lls, highs)
-        return self.reconstruct(restored, details).clamp(0, 1)
+        restored = S.ddim_sample(self.schedule, lambda x_t, t: self.denoise(x_t, t, band, anchor, exposure),
+                                 x, timesteps, eta=eta, generator=generator, anchor=anchor, clip=self.config.clip)
+        return self.reconstruct(restored, self.restore_details(restored, lls, highs))
 
     # --- training -----------------------------------------------------------------
 

@@ -34,7 +34,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lldiff_cli import schedule as S
 from lldiff_cli.darken import MODES as DARKEN_MODES, LvRanges, NoiseRanges, random_pair, seed_for
 from lldiff_cli.errors import ImageReadError, LldiffError
 from lldiff_cli.model import ModelConfig, WaveletDiffusion, load_checkpoint, save_checkpoint, ssim_torch
@@ -439,19 +438,11 @@ def sampled_image(model: WaveletDiffusion, dark: torch.Tensor, exposure: torch.T
                   generator: torch.Generator) -> torch.Tensor:
     """``model.enhance`` with gradients: Nx3xHxW dark in [0, 1] -> the enhanced image (not clamped).
 
-    The same steps as WaveletDiffusion.enhance (the model's sampler settings, DRDS start at the
+    WaveletDiffusion.sample, the path enhance() takes (the model's sampler settings, DRDS start at the
     anchor, DDIM, HFRM details); ``exposure`` (N,) is the target brightness, in training the
     ground truth's. tests/test_train.py checks that it matches enhance() exactly.
     """
-    cfg = model.config
-    band, lls, highs = model.decompose(dark)
-    anchor = model.make_anchor(band, exposure)
-    timesteps = S.ddim_timesteps(model.schedule.num_timesteps, cfg.steps, cfg.spacing)
-    x = S.start_state(model.schedule, timesteps[0], band.shape, anchor=anchor, noise_scale=cfg.start_noise,
-                      generator=generator, device=band.device, dtype=band.dtype)
-    restored = S.ddim_sample(model.schedule, lambda x_t, t: model.denoise(x_t, t, band, anchor, exposure),
-                             x, timesteps, eta=cfg.eta, generator=generator, anchor=anchor, clip=cfg.clip)
-    return model.reconstruct(restored, model.restore_details(restored, lls, highs))
+    return model.sample(dark, exposure, steps=model.config.steps, eta=model.config.eta, generator=generator)
 
 
 class EMA:
