@@ -226,6 +226,7 @@ def enhance(
     """Enhance every image in IN_DIR with a diffusion model; write them to OUT_DIR."""
     with user_errors():
         from lldiff_cli.device import pick_device
+        from lldiff_cli.batch import prepare_output_dir
         from lldiff_cli.enhance import EnhanceSettings, enhance_folder
         from lldiff_cli.errors import LldiffError
         from lldiff_cli.images import list_images
@@ -243,6 +244,7 @@ def enhance(
         if half and dev.type != "cuda":
             raise LldiffError(f"--half needs CUDA; the device is {dev.type}")
         files = list_images(in_dir, recursive)
+        prepare_output_dir(in_dir, out_dir)  # a bad output folder fails before the model loads
         net = load_model(model, map_location=dev).to(dev)
         if half:
             net = net.half()

@@ -97,7 +97,7 @@ def load_yaml(path: Path) -> dict:
     except FileNotFoundError:
         raise LldiffError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise LldiffError(f"{path}: not valid YAML ({exc})") from None
+        raise LldiffError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     return data or {}
 
 

@@ -396,7 +396,7 @@ def load_model(path: Optional[Path] = None, map_location="cpu") -> WaveletDiffus
         except FileNotFoundError:
             raise LldiffError(f"model card not found: {path}") from None
         except yaml.YAMLError as exc:
-            raise LldiffError(f"{path}: not a valid model card ({exc})") from None
+            raise LldiffError(f"{path}: not a valid model card ({' '.join(str(exc).split())})") from None
         if not isinstance(card, dict) or "weights" not in card:
             raise LldiffError(f"{path}: a model card needs a 'weights' entry naming the checkpoint file")
         weights = path.parent / card["weights"]
