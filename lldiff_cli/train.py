@@ -46,13 +46,14 @@ class DarkenConfig:
     """How data.photos are darkened into training inputs (see darken.py); ranges are [MIN, MAX]."""
 
     mode: str = "lv"               # lv: beta * (alpha * x) ** gamma (Lv et al.); scale: factor * x
-    alpha: list[float] = field(default_factory=lambda: [0.9, 1.0])
-    beta: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    gamma: list[float] = field(default_factory=lambda: [1.5, 5.0])
+    # Defaults come from darken.py's ranges (the papers' values), so they live in one place.
+    alpha: list[float] = field(default_factory=lambda: list(LvRanges().alpha))
+    beta: list[float] = field(default_factory=lambda: list(LvRanges().beta))
+    gamma: list[float] = field(default_factory=lambda: list(LvRanges().gamma))
     factor: float = 0.5            # scale mode
     noise: bool = True             # Poisson shot + Gaussian read noise in linear light
-    gain: list[float] = field(default_factory=lambda: [2.5e-4, 2.5e-3])
-    read_noise: list[float] = field(default_factory=lambda: [5e-4, 5e-3])
+    gain: list[float] = field(default_factory=lambda: list(NoiseRanges().gain))
+    read_noise: list[float] = field(default_factory=lambda: list(NoiseRanges().read_noise))
 
     def lv_ranges(self) -> LvRanges:
         return LvRanges(alpha=_pair(self.alpha, "alpha"), beta=_pair(self.beta, "beta"),
