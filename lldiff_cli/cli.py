@@ -456,7 +456,11 @@ def train(
     def on_log(record: dict) -> None:
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
-        if "val_psnr" in record:
+        if "init" in record:
+            fresh = record["fresh"]
+            line = (f"initialised from {record['init']}: {record['copied']} tensors copied, {len(fresh)} new"
+                    + (f" ({', '.join(sorted({'.'.join(k.split('.')[:3]) for k in fresh}))})" if fresh else ""))
+        elif "val_psnr" in record:
             line = f"step {record['step']}: validation PSNR {record['val_psnr']:.2f} dB (best {record['best_psnr']:.2f})"
         else:
             progress.update(task, loss=f"loss {record['loss']:.4g}")

@@ -132,6 +132,8 @@ class TrainConfig:
     amp: bool = True               # CUDA autocast to float16 with a GradScaler
     compile: bool = False          # torch.compile the UNet (in place: checkpoints keep their keys)
     threads: int = 0               # torch threads on the CPU; 0 leaves PyTorch's choice
+    init: str = ""                 # a checkpoint (.pt) whose weights (EMA) start a new run where names and shapes match
+    train_only: list[str] = field(default_factory=list)  # parameter name prefixes to train, e.g. [hfrms]; []: all
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -175,10 +177,18 @@ def check_config(cfg: TrainConfig) -> None:
                           f"got {cfg.optim.max_steps} and {cfg.optim.warmup}")
     if cfg.train_sampler_every < 0:
         raise LldiffError(f"train_sampler_every must be 0 (off) or more, got {cfg.train_sampler_every}")
+    if cfg.init and not Path(cfg.init).is_file():
+        raise LldiffError(f"init checkpoint not found: {cfg.init}")
     try:
-        multiple = WaveletDiffusion(cfg.model).multiple
-    except TypeError as exc:  # a key the networks do not take, e.g. model.unet.depth
+        model = WaveletDiffusion(cfg.model)
+    except (TypeError, ValueError) as exc:  # a key the networks do not take, e.g. model.unet.depth
         raise LldiffError(f"model: {exc}") from None
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in cfg.train_only:
+        if not any(_under(name, prefix) for name in names):
+            modules = sorted({name.split(".")[0] for name in names})
+            raise LldiffError(f"train_only: no parameters under {prefix!r}; the model has {', '.join(modules)}")
+    multiple = model.multiple
     if d.crop % multiple:
         raise LldiffError(f"data.crop ({d.crop}) must be a multiple of {multiple} for this model")
     # The exposure net takes bands of 8x8 or more (networks/exposure.py); on smaller ones its last
@@ -187,6 +197,24 @@ def check_config(cfg: TrainConfig) -> None:
     if d.crop < smallest:
         raise LldiffError(f"data.crop ({d.crop}) must be at least {smallest} for this model "
                           f"(the exposure net needs a band of 8x8: crop / 2**levels)")
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def initialise_from(model: nn.Module, path: Path) -> tuple[int, list[str]]:
+    """Copy a checkpoint's weights (EMA when it has them) into ``model`` wherever a tensor's name
+    and shape match, for a new run that grows or fine-tunes a trained one. Returns (tensors
+    copied, names left at their fresh initialisation)."""
+    payload = load_checkpoint(path)
+    source = payload.get("ema_state_dict") or payload["state_dict"]
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise LldiffError(f"{path}: none of its weights fit this model")
+    model.load_state_dict(matched, strict=False)
+    return len(matched), [k for k in own if k not in matched]
 
 
 def check_out_dir(cfg: TrainConfig, resume: bool) -> None:
@@ -547,7 +575,15 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
         torch.set_flush_denormal(True)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = WaveletDiffusion(cfg.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    init_record = None
+    if cfg.init and not resume:  # a resumed run has its own weights
+        copied, fresh = initialise_from(model, Path(cfg.init))
+        init_record = {"step": 0, "init": cfg.init, "copied": copied, "fresh": fresh}
+    if cfg.train_only:
+        for name, param in model.named_parameters():
+            param.requires_grad_(any(_under(name, prefix) for prefix in cfg.train_only))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     ema = EMA(model, cfg.optim.ema_decay)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -565,6 +601,8 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
         if state.get("scaler"):  # absent in checkpoints of CPU runs and of older versions
             scaler.load_state_dict(state["scaler"])
         step, best_psnr, history = state["step"], state["best_psnr"], list(state["history"])
+    if init_record and main and on_log:
+        on_log(init_record)
     if cfg.compile:
         model.unet.compile()  # in place: the state_dict keys stay those of the plain UNet
     trainer: nn.Module = LossStep(model)
@@ -618,7 +656,7 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
             scaler.step(opt)
             scaler.update()
             ema.update(model, step)

@@ -119,3 +119,18 @@ def test_auto_exposure_shrinks_towards_the_prior(tiny_model):
     torch.testing.assert_close(tiny_model.estimate_exposure(band), 0.4 + 0.5 * (raw - 0.4))
     with pytest.raises(LldiffError, match="exposure_prior must be in"):
         replace(tiny_model.config, exposure_prior=1.5).validate()
+
+
+def test_hfrm_context_path_keeps_shapes_on_odd_bands():
+    from lldiff_cli.networks.hfrm import HFRM
+
+    torch.manual_seed(0)
+    hfrm = HFRM(image_channels=3, guide_channels=6, width=8, dilations=(1, 2), heads=2, scales=2)
+    for h, w in ((13, 21), (8, 8), (50, 76)):
+        high, guide = torch.randn(1, 9, h, w), torch.randn(1, 6, h, w)
+        out = hfrm(high, guide)
+        assert out.shape == high.shape
+        # The output layer starts at zero: a fresh HFRM passes the bands through.
+        assert torch.equal(out, high)
+    model = WaveletDiffusion(tiny_config(hfrm={"width": 8, "dilations": [1], "heads": 2, "scales": 1})).eval()
+    assert model.enhance(torch.rand(1, 3, 32, 48) * 0.2).shape == (1, 3, 32, 48)

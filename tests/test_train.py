@@ -293,3 +293,36 @@ def test_train_sampler_every_adds_the_sampled_term(tmp_path):
 def test_bf16_on_the_cpu_trains(tmp_path):
     cfg = tiny_cfg(tmp_path, "bf16=true", "optim.max_steps=2", "val_every=100")
     assert run_train(cfg, load_training_data(cfg))["step"] == 2
+
+
+def test_init_copies_matching_weights_and_train_only_freezes_the_rest(tmp_path):
+    """A grown model (HFRM with a coarse context path) starts from a trained one; only the HFRMs learn."""
+    base = tiny_cfg(tmp_path, "optim.max_steps=2")
+    data = load_training_data(base)
+    run_train(base, data)
+    trained = load_checkpoint(tmp_path / "run" / "last.pt")["ema_state_dict"]
+
+    grown = tiny_cfg(tmp_path, "optim.max_steps=3", f"out_dir={tmp_path / 'grown'}",
+                     f"init={tmp_path / 'run' / 'last.pt'}", "train_only=[hfrms]", "model.hfrm.scales=1")
+    check_config(grown)
+    logs = []
+    run_train(grown, data, on_log=logs.append)
+    init = next(r for r in logs if "init" in r)
+    assert init["fresh"] and all(".context." in k for k in init["fresh"])
+    after = load_checkpoint(tmp_path / "grown" / "last.pt")["state_dict"]
+    for k, v in trained.items():
+        if k.startswith("hfrms."):
+            continue
+        assert torch.equal(after[k], v), f"{k} should be frozen at the initial weights"
+    moved = [k for k in after if k.startswith("hfrms.") and k in trained and not torch.equal(after[k], trained[k])]
+    assert moved, "the HFRMs should train"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train_only=[hfrm]", "train_only: no parameters under 'hfrm'; the model has"),
+    ("init=nowhere.pt", "init checkpoint not found: nowhere.pt"),
+    ("model.hfrm.scales=-1", "hfrm scales must be 0 or more"),
+])
+def test_init_and_train_only_errors(tmp_path, override, message):
+    with pytest.raises(LldiffError, match=re.escape(message)):
+        check_config(tiny_cfg(tmp_path, override))

@@ -8,7 +8,12 @@ It restores the three detail bands of one wavelet level of a dark image. Our ver
   attention runs across channels (a CxC map, Restormer-style), so its cost is linear in
   the number of pixels;
 * a body of residual blocks whose dilations rise and fall (1, 2, 4, 2, 1 by default), so
-  the receptive field grows without the gridding artefacts of stacked equal dilations.
+  the receptive field grows without the gridding artefacts of stacked equal dilations;
+* optionally (``scales`` > 0) a coarse-to-fine context path before that body: stride-2
+  convolutions down to 1/2, 1/4, ... of the band with plain 3x3 residual blocks at twice
+  the width per scale. Dark images' detail bands are mostly noise; telling edge from noise
+  needs more context than the dilated body sees (``scales: 2`` lifted held-out SSIM, see
+  models/lldiff-default.yaml).
 
 A guide (for example the restored low band at this level and the dark one) tells it how
 much to amplify: the detail of a dark image is dark too.
@@ -63,11 +68,43 @@ class ChannelCrossAttention(nn.Module):
         return x + self.proj((attn @ v).reshape(n, c, h, w))
 
 
+class ConvResBlock(nn.Module):
+    """Two plain 3x3 convolutions with a residual connection (the coarse scales can afford them)."""
+
+    def __init__(self, *, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.gelu(self.conv1(x)))
+
+
+class CoarseContext(nn.Module):
+    """x + (down 2x -> residual blocks -> [the next coarser scale] -> residual block -> up 2x)."""
+
+    def __init__(self, *, channels: int, scales: int, blocks: int = 2):
+        super().__init__()
+        inner = 2 * channels
+        self.down = nn.Conv2d(channels, inner, 3, stride=2, padding=1)
+        self.encode = nn.Sequential(*[ConvResBlock(channels=inner) for _ in range(blocks)])
+        self.coarser = CoarseContext(channels=inner, scales=scales - 1, blocks=blocks) if scales > 1 else None
+        self.decode = ConvResBlock(channels=inner)
+        self.up = nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.encode(self.down(x))
+        if self.coarser is not None:
+            y = self.coarser(y)
+        y = self.up(self.decode(y))
+        return x + F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class HFRM(nn.Module):
     """high: Nx3CxHxW bands [LH, HL, HH] (C channels each), guide: NxGxHxW -> restored Nx3CxHxW."""
 
     def __init__(self, *, image_channels: int = 3, guide_channels: int = 6, width: int = 32,
-                 dilations: tuple[int, ...] = (1, 2, 4, 2, 1), heads: int = 2):
+                 dilations: tuple[int, ...] = (1, 2, 4, 2, 1), heads: int = 2, scales: int = 0):
         super().__init__()
         c = image_channels
         self.c = c
@@ -75,6 +112,9 @@ class HFRM(nn.Module):
         self.embed_d = DSConv(in_ch=c + guide_channels, out_ch=width)
         self.cross = ChannelCrossAttention(channels=width, heads=heads)
         self.fuse = nn.Conv2d(2 * width, width, 1)
+        if scales < 0:
+            raise ValueError(f"hfrm scales must be 0 or more, got {scales}")
+        self.context = CoarseContext(channels=width, scales=scales) if scales else None
         self.body = nn.Sequential(*[DSResBlock(channels=width, dilation=d) for d in dilations])
         self.out = nn.Conv2d(width, 3 * c, 1)
         nn.init.zeros_(self.out.weight)
@@ -85,5 +125,8 @@ class HFRM(nn.Module):
         hv = self.embed_hv(torch.cat([high[:, :2 * c], guide], dim=1))
         d = self.embed_d(torch.cat([high[:, 2 * c:], guide], dim=1))
         d = self.cross(d, hv)
-        feats = self.body(self.fuse(torch.cat([hv, d], dim=1)))
+        feats = self.fuse(torch.cat([hv, d], dim=1))
+        if self.context is not None:
+            feats = self.context(feats)
+        feats = self.body(feats)
         return high + self.out(feats)
