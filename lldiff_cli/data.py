@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import list_images
+from lldiff_cli.images import list_images, read_image
 
 DATA_ENV = "LLDIFF_DATA"
 SPLITS = ("train", "test")
@@ -81,6 +81,22 @@ class Dataset:
         if n < 1:
             raise LldiffError(f"--limit must be at least 1, got {n}")
         return Dataset(self.description, self.pairs[:n], self.problems, self.paired)
+
+
+def read_pair(pair: Pair):
+    """Decode a pair: (low, high) 1x3xHxW float tensors in [0, 1], high None when unpaired.
+
+    Raises ImageReadError (path and reason) for a file that cannot be decoded and LldiffError
+    when the two differ in size.
+    """
+    low = read_image(pair.low).rgb
+    if pair.high is None:
+        return low, None
+    high = read_image(pair.high).rgb
+    if high.shape != low.shape:
+        raise LldiffError(f"size mismatch: low-light {low.shape[-1]}x{low.shape[-2]}, "
+                          f"ground truth {high.shape[-1]}x{high.shape[-2]}")
+    return low, high
 
 
 def default_data_root() -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lldiff_cli import metrics as M
-from lldiff_cli.data import Dataset, Pair
+from lldiff_cli.data import Dataset, Pair, read_pair
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import read_image, to_uint8
 
@@ -193,7 +193,7 @@ def evaluate(
 
     for pair in dataset.pairs:
         try:
-            low_t, high_t = _read_pair(pair)
+            low_t, high_t = read_pair(pair)
         except LldiffError as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             if hasattr(exc, "path"):
@@ -235,17 +235,6 @@ def evaluate(
         spi = float(np.mean([r.seconds for r in mine])) if mine else 0.0
         summaries.append(MethodSummary(method.name, len(mine), means, spi, peaks[method.name]))
     return EvalResult(rows, summaries, failures, metrics)
-
-
-def _read_pair(pair: Pair) -> tuple[torch.Tensor, torch.Tensor | None]:
-    low = read_image(pair.low).rgb
-    if pair.high is None:
-        return low, None
-    high = read_image(pair.high).rgb
-    if high.shape != low.shape:
-        raise LldiffError(f"size mismatch: low-light {low.shape[-1]}x{low.shape[-2]}, "
-                          f"ground truth {high.shape[-1]}x{high.shape[-2]}")
-    return low, high
 
 
 def protocol(dataset: Dataset, metrics: Sequence[str], *, split: str | None = None,

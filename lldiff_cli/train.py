@@ -277,7 +277,7 @@ def load_training_data(cfg: TrainConfig) -> TrainData:
             raise LldiffError(f"no image pairs in {dataset.description}")
         train_idx, val_idx = split_by_blocks([p.name for p in dataset.pairs], d.val_fraction, d.val_block)
         held = set(val_idx)
-        decoded = _map(lambda p: _read_pair(p.low, p.high, d.max_side), dataset.pairs, d.workers)
+        decoded = _map(lambda p: _read_training_pair(p, d.max_side), dataset.pairs, d.workers)
         for i in train_idx + val_idx:
             name, item = dataset.pairs[i].name, decoded[i]
             if isinstance(item, str):
@@ -333,14 +333,8 @@ def _too_small(image: torch.Tensor, crop: int) -> str:
     return f"{w}x{h} is smaller than data.crop ({crop})"
 
 
-def _read_uint8(path: Path, max_side: int = 0) -> torch.Tensor | str:
-    """uint8 3xHxW, shrunk (area average) to ``max_side`` when larger; the reason as a string when unreadable."""
-    from lldiff_cli.images import read_image
-
-    try:
-        rgb = read_image(path).rgb
-    except ImageReadError as exc:
-        return exc.reason
+def _as_uint8(rgb: torch.Tensor, max_side: int = 0) -> torch.Tensor:
+    """1x3xHxW [0, 1] -> uint8 3xHxW, shrunk (area average) to ``max_side`` when larger."""
     h, w = rgb.shape[-2:]
     if max_side and max(h, w) > max_side:
         scale = max_side / max(h, w)
@@ -348,14 +342,27 @@ def _read_uint8(path: Path, max_side: int = 0) -> torch.Tensor | str:
     return (rgb[0] * 255).round().to(torch.uint8)
 
 
-def _read_pair(low_path: Path, high_path: Path, max_side: int = 0):
-    low, high = _read_uint8(low_path, max_side), _read_uint8(high_path, max_side)
-    for item, path in ((low, low_path), (high, high_path)):
-        if isinstance(item, str):
-            return f"{path}: {item}"
-    if low.shape != high.shape:
-        return f"{low_path} and {high_path} differ in size: {tuple(low.shape[1:])} vs {tuple(high.shape[1:])}"
-    return low, high
+def _read_uint8(path: Path, max_side: int = 0) -> torch.Tensor | str:
+    """A photo as uint8 3xHxW (see _as_uint8); the reason as a string when unreadable."""
+    from lldiff_cli.images import read_image
+
+    try:
+        return _as_uint8(read_image(path).rgb, max_side)
+    except ImageReadError as exc:
+        return exc.reason
+
+
+def _read_training_pair(pair, max_side: int = 0):
+    """(low, high) as uint8 3xHxW, or 'path: reason' when the pair cannot be used."""
+    from lldiff_cli.data import read_pair
+
+    try:
+        low, high = read_pair(pair)
+    except ImageReadError as exc:
+        return str(exc)
+    except LldiffError as exc:  # the sizes differ
+        return f"{pair.low}: {exc}"
+    return _as_uint8(low, max_side), _as_uint8(high, max_side)
 
 
 def _quantize(x: torch.Tensor) -> torch.Tensor:

@@ -326,3 +326,17 @@ def test_init_copies_matching_weights_and_train_only_freezes_the_rest(tmp_path):
 def test_init_and_train_only_errors(tmp_path, override, message):
     with pytest.raises(LldiffError, match=re.escape(message)):
         check_config(tiny_cfg(tmp_path, override))
+
+
+def test_unusable_pairs_are_skipped_with_the_file_and_reason(tmp_path):
+    low_dir, high_dir = make_paired(tmp_path / "pairs", n=8)
+    save_rgb(low_dir / "6.png", np.zeros((16, 16, 3), np.uint8))      # sizes differ
+    (high_dir / "7.png").write_bytes(b"not a png")                      # unreadable ground truth
+    cfg = tiny_cfg(tmp_path, "data.layout=paired", f"data.low={low_dir}", f"data.high={high_dir}",
+                   "data.photos=null", "data.val_block=1")
+    data = load_training_data(cfg)
+    reasons = dict(data.skipped)
+    assert set(reasons) == {"6", "7"}, reasons
+    assert "6.png: size mismatch: low-light 16x16, ground truth 40x32" in reasons["6"]
+    assert str(high_dir / "7.png") in reasons["7"]
+    assert len(data.pairs) + len(data.val_pairs) == 6
