@@ -112,6 +112,9 @@ def main() -> None:
     parser.add_argument("--exposure-shrink", default=None, help="auto exposure = prior + shrink * (estimate - prior)")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N held-out pairs")
     parser.add_argument("--notes", default="", help="ship: free text for the card (what was tried)")
+    parser.add_argument("--wall-hours", type=float, default=None,
+                        help="ship: training wall time in hours, all stages (the log does not record pauses)")
+    parser.add_argument("--hardware", default=None, help="ship: where it was trained (default: this machine)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     ckpt = args.run / args.checkpoint
@@ -161,6 +164,15 @@ def main() -> None:
     models.mkdir(exist_ok=True)
     torch.save(ship, weights)
     history = payload.get("history", [])
+    stages = [{"run": str(args.run), "steps": payload.get("step"), "init": cfg.get("init") or None,
+               "train_only": cfg.get("train_only") or None}]
+    init = cfg.get("init")
+    while init and Path(init).is_file():  # a run that started from another's weights: name the chain
+        parent = load_checkpoint(Path(init))
+        parent_cfg = parent.get("train_config", {})
+        stages.append({"run": str(Path(init).parent), "steps": parent.get("step"),
+                       "init": parent_cfg.get("init") or None, "train_only": parent_cfg.get("train_only") or None})
+        init = parent_cfg.get("init")
     card = {
         "name": DEFAULT_MODEL_NAME,
         "weights": weights.name,
@@ -177,10 +189,12 @@ def main() -> None:
                     f"pairs held out in blocks of {cfg['data'].get('val_block')} consecutive names",
             "config": cfg,
             "steps": payload.get("step"),
+            "stages": list(reversed(stages)),
             "checkpoint": args.checkpoint,
             "weights": "EMA",
-            "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
-            "wall_time_hours": payload.get("elapsed_hours"),
+            "hardware": args.hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
+                                         f"torch {torch.__version__}",
+            "wall_time_hours": args.wall_hours,
             "curve": [h for h in history if "val_psnr" in h],
         },
         "validation": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
