@@ -169,7 +169,8 @@ class WaveletDiffusion(nn.Module):
         ll = band
         for k in reversed(range(levels)):  # k = K-1 .. 0; level k+1's bands are dark_highs[k]
             guide = guide_lls[k + 1] if guide_lls is not None else ll
-            high = self.hfrms[k](dark_highs[k], torch.cat([guide, dark_lls[k + 1]], dim=1))
+            gain = detail_gain(guide, dark_lls[k + 1]) if self.hfrms[k].gain else None
+            high = self.hfrms[k](dark_highs[k], torch.cat([guide, dark_lls[k + 1]], dim=1), gain)
             restored[k] = high
             ll = idwt2(guide * (2 ** (k + 1)), high) / (2 ** k)
         return restored
@@ -265,6 +266,22 @@ class WaveletDiffusion(nn.Module):
         x_t_pred = S.q_sample(self.schedule, band_b, t, eps_plain_pred, anchor)
         terms["dfpl"] = F.l1_loss(self.reconstruct(x_t_pred, highs_b), self.reconstruct(x_t, highs_b))
         return terms
+
+
+def detail_gain(restored_ll: torch.Tensor, dark_ll: torch.Tensor, *, window: int = 5, eps: float = 0.02,
+                cap: float = 50.0) -> torch.Tensor:
+    """How much brighter the restored image is than the dark one, locally: Nx1xHxW.
+
+    Both bands are scaled low bands ([-1, 1] means of 2 * image - 1); a pure brightness gain g
+    scales the detail bands by g exactly, so dark details times this map are the details at the
+    output's brightness (noise amplified with them). Grey, averaged over ``window`` pixels, with
+    ``eps`` against division by black and at most ``cap``.
+    """
+    restored = ((restored_ll + 1) / 2).mean(dim=1, keepdim=True)
+    dark = ((dark_ll + 1) / 2).mean(dim=1, keepdim=True)
+    pool = dict(kernel_size=window, stride=1, padding=window // 2, count_include_pad=False)
+    ratio = (F.avg_pool2d(restored, **pool) + eps) / (F.avg_pool2d(dark, **pool) + eps)
+    return ratio.clamp(min=0.0, max=cap)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

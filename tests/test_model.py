@@ -134,3 +134,35 @@ def test_hfrm_context_path_keeps_shapes_on_odd_bands():
         assert torch.equal(out, high)
     model = WaveletDiffusion(tiny_config(hfrm={"width": 8, "dilations": [1], "heads": 2, "scales": 1})).eval()
     assert model.enhance(torch.rand(1, 3, 32, 48) * 0.2).shape == (1, 3, 32, 48)
+
+
+def test_detail_gain_is_the_brightness_ratio():
+    from lldiff_cli.model import detail_gain
+
+    dark = torch.full((1, 3, 8, 8), 0.05) * 2 - 1          # scaled low band of a 0.05 grey image
+    bright = torch.full((1, 3, 8, 8), 0.40) * 2 - 1
+    gain = detail_gain(bright, dark, eps=0.0)
+    assert gain.shape == (1, 1, 8, 8)
+    assert torch.allclose(gain, torch.full_like(gain, 8.0))
+    assert float(detail_gain(bright, torch.full_like(dark, -1.0)).max()) == pytest.approx(21.0)  # (0.4 + eps) / eps
+    assert float(detail_gain(bright, torch.full_like(dark, -1.0), cap=10.0).max()) == 10.0
+
+
+def test_gated_hfrm_starts_almost_shut_and_passes_clean_detail_when_open():
+    from lldiff_cli.networks.hfrm import HFRM
+
+    torch.manual_seed(0)
+    hfrm = HFRM(image_channels=3, guide_channels=6, width=8, dilations=(1,), heads=2, gain=True)
+    high, guide = torch.randn(1, 9, 12, 12), torch.randn(1, 6, 12, 12)
+    gain = torch.full((1, 1, 12, 12), 10.0)
+    out = hfrm(high, guide, gain)
+    assert torch.allclose(out, torch.sigmoid(torch.tensor(-4.0)) * 10 * high)
+    with torch.no_grad():
+        hfrm.out.bias[9:] = 20.0  # gate open: the amplified detail passes through
+    assert torch.allclose(hfrm(high, guide, gain), 10 * high, atol=1e-4)
+    with pytest.raises(ValueError, match="pass gain"):
+        hfrm(high, guide)
+    model = WaveletDiffusion(tiny_config(hfrm={"width": 8, "dilations": [1], "heads": 2, "gain": True})).eval()
+    assert model.enhance(torch.rand(1, 3, 32, 48) * 0.2).shape == (1, 3, 32, 48)
+    dark, bright = torch.rand(2, 3, 32, 32) * 0.2, torch.rand(2, 3, 32, 32)
+    assert all(torch.isfinite(v) for v in model.train().loss(dark, bright).values())

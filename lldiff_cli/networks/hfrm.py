@@ -17,6 +17,13 @@ It restores the three detail bands of one wavelet level of a dark image. Our ver
 
 A guide (for example the restored low band at this level and the dark one) tells it how
 much to amplify: the detail of a dark image is dark too.
+
+With ``gain`` (``hfrm.gain: true``) the caller passes that amplification as a map (the ratio of
+the restored to the dark local brightness, model.detail_gain): the module then sees the dark
+bands scaled to the output's brightness and returns ``gate * amplified + residual``, a learned
+shrinkage with ``gate`` in (0, 1) per coefficient. Where the dark image is clean the gate opens
+and its detail passes through sharp; where it is noise the gate closes and the residual fills
+in. Without it the module must learn the amplification itself, and regresses to blur.
 """
 
 from __future__ import annotations
@@ -104,7 +111,8 @@ class HFRM(nn.Module):
     """high: Nx3CxHxW bands [LH, HL, HH] (C channels each), guide: NxGxHxW -> restored Nx3CxHxW."""
 
     def __init__(self, *, image_channels: int = 3, guide_channels: int = 6, width: int = 32,
-                 dilations: tuple[int, ...] = (1, 2, 4, 2, 1), heads: int = 2, scales: int = 0):
+                 dilations: tuple[int, ...] = (1, 2, 4, 2, 1), heads: int = 2, scales: int = 0,
+                 gain: bool = False):
         super().__init__()
         c = image_channels
         self.c = c
@@ -116,12 +124,21 @@ class HFRM(nn.Module):
             raise ValueError(f"hfrm scales must be 0 or more, got {scales}")
         self.context = CoarseContext(channels=width, scales=scales) if scales else None
         self.body = nn.Sequential(*[DSResBlock(channels=width, dilation=d) for d in dilations])
-        self.out = nn.Conv2d(width, 3 * c, 1)
+        self.gain = gain
+        # Gated: residual and gate logits; the gate starts nearly shut (sigmoid(-4) = 0.018).
+        self.out = nn.Conv2d(width, (6 if gain else 3) * c, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if gain:
+            nn.init.constant_(self.out.bias[3 * c:], -4.0)
 
-    def forward(self, high: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    def forward(self, high: torch.Tensor, guide: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """``gain`` (Nx1xHxW) is required when the module was built with ``gain=True``."""
         c = self.c
+        if self.gain:
+            if gain is None:
+                raise ValueError("this HFRM amplifies by a gain map: pass gain")
+            high = high * gain
         hv = self.embed_hv(torch.cat([high[:, :2 * c], guide], dim=1))
         d = self.embed_d(torch.cat([high[:, 2 * c:], guide], dim=1))
         d = self.cross(d, hv)
@@ -129,4 +146,7 @@ class HFRM(nn.Module):
         if self.context is not None:
             feats = self.context(feats)
         feats = self.body(feats)
-        return high + self.out(feats)
+        out = self.out(feats)
+        if self.gain:
+            return torch.sigmoid(out[:, 3 * c:]) * high + out[:, :3 * c]
+        return high + out
