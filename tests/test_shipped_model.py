@@ -1,0 +1,45 @@
+"""The model every `lldiff enhance` user gets: models/lldiff-default.{pt,yaml} as committed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from lldiff_cli.cli import app
+from lldiff_cli.model import DEFAULT_MODEL_NAME, load_model
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def test_card_describes_the_weights():
+    card = yaml.safe_load((MODELS / f"{DEFAULT_MODEL_NAME}.yaml").read_text())
+    weights = MODELS / card["weights"]
+    assert weights.stat().st_size < 20 * 2 ** 20
+    for key in ("sha256", "architecture", "schedule", "sampler", "training", "validation", "parameters"):
+        assert card.get(key) is not None, key
+    assert {"psnr", "ssim", "n"} <= card["validation"].keys()
+    for key in ("data", "config", "steps", "hardware", "wall_time_hours"):
+        assert card["training"].get(key) is not None, key
+    model = load_model()  # checks the sha256 and loads strictly
+    assert sum(p.numel() for p in model.parameters()) == card["parameters"]
+    assert model.config.steps == card["sampler"]["steps"]
+
+
+def test_default_model_brightens_a_dark_photo_from_the_cli(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLDIFF_MODELS", raising=False)
+    rng = np.random.default_rng(0)
+    scene = np.clip(rng.uniform(0.3, 0.9, (3, 12, 16)).repeat(8, 1).repeat(8, 2), 0, 1)
+    dark = (scene.transpose(1, 2, 0) * 0.08 * 255).round().astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    PILImage.fromarray(dark).save(tmp_path / "in" / "dark.png")
+    result = CliRunner().invoke(app, ["enhance", str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    out = np.asarray(PILImage.open(tmp_path / "out" / "dark.png"), dtype=np.float32) / 255
+    assert out.shape == dark.shape
+    assert 0.2 < out.mean() < 0.7 and dark.mean() / 255 < 0.07
+    assert torch.isfinite(torch.from_numpy(out)).all()
