@@ -65,6 +65,11 @@ def test_tiny_yaml_is_a_valid_config():
     assert cfg.data.layout == "none" and cfg.data.photos == "sample_images"
 
 
+@pytest.mark.parametrize("name", ["default.yaml", "photos.yaml"])
+def test_shipped_configs_are_valid(name):
+    check_config(load_config(TrainConfig, TINY_YAML.parent / name))
+
+
 def test_get_lr_warms_up_then_decays():
     cfg = TrainConfig().optim
     assert get_lr(0, cfg) == pytest.approx(cfg.lr / cfg.warmup)
