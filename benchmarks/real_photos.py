@@ -1,6 +1,7 @@
 """A non-LOL check set: public-domain photos of other kinds, darkened and noised by lldiff.
 
     python benchmarks/real_photos.py OUT_DIR [--seed 0]
+    python benchmarks/real_photos.py OUT_DIR --mode scale --factor 0.1   # a plain exposure cut instead
     lldiff eval --low OUT_DIR/low --high OUT_DIR/high -m default -m gamma:0.25 -m clahe --sheet sheet.png --sheet-images 7
 
 LOL's ground truths share one brightness style; these do not. The sources are photos that
@@ -29,6 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", choices=["lv", "scale"], default="lv",
+                        help="lv: Lv et al.'s random gamma (colours shift with it); scale: brightness times --factor")
+    parser.add_argument("--factor", type=float, default=0.1, help="scale mode's brightness factor")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp)
@@ -40,6 +44,7 @@ def main() -> None:
             image.thumbnail((600, 600), Image.Resampling.LANCZOS)
             image.save(src / f"{name}.png")
         subprocess.run([sys.executable, "-m", "lldiff_cli", "darken", str(src), str(args.out), "--noise",
+                        "--mode", args.mode, *(["--factor", str(args.factor)] if args.mode == "scale" else []),
                         "--seed", str(args.seed), "--overwrite", "--quiet"], check=True)
 
 
