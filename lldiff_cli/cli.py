@@ -413,7 +413,7 @@ def train(
                                       load_training_data, train as run_training)
 
         cfg = load_config(TrainConfig, config, overrides or [])
-        check_config(cfg)
+        check_config(cfg, resume)
         check_out_dir(cfg, resume)
         dev = pick_device(device)
         is_main = distributed_env()[0] == 0  # under torchrun only rank 0 writes and reports

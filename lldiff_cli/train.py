@@ -136,8 +136,9 @@ class TrainConfig:
     train_only: list[str] = field(default_factory=list)  # parameter name prefixes to train, e.g. [hfrms]; []: all
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Raise LldiffError naming the first bad value; everything the loop relies on is checked here."""
+def check_config(cfg: TrainConfig, resume: bool = False) -> None:
+    """Raise LldiffError naming the first bad value; everything the loop relies on is checked here.
+    A resumed run does not need its ``init`` checkpoint any more (its weights are in last.pt)."""
     from lldiff_cli.data import LAYOUTS
 
     d = cfg.data
@@ -177,7 +178,7 @@ def check_config(cfg: TrainConfig) -> None:
                           f"got {cfg.optim.max_steps} and {cfg.optim.warmup}")
     if cfg.train_sampler_every < 0:
         raise LldiffError(f"train_sampler_every must be 0 (off) or more, got {cfg.train_sampler_every}")
-    if cfg.init and not Path(cfg.init).is_file():
+    if cfg.init and not resume and not Path(cfg.init).is_file():
         raise LldiffError(f"init checkpoint not found: {cfg.init}")
     try:
         model = WaveletDiffusion(cfg.model)
@@ -563,7 +564,7 @@ def train(cfg: TrainConfig, data: TrainData, *, device: torch.device, resume: bo
     since the last record) every ``log_every`` steps and each validation; ``on_step(step)`` is
     called after every step. Under torchrun only rank 0 calls them and writes files.
     """
-    check_config(cfg)
+    check_config(cfg, resume)
     with process_group(device) as (rank, world, process_device):
         return _train(cfg, data, process_device, rank, world, resume, on_log, on_step, stop)
 

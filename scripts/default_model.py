@@ -3,6 +3,7 @@
     python scripts/default_model.py calibrate runs/default              # -> runs/default/calibrated.pt
     python scripts/default_model.py sweep runs/default --checkpoint calibrated.pt --steps 1,2,4,8 --start-noise 0,1
     python scripts/default_model.py ship runs/default --checkpoint calibrated.pt --steps 4 --eta 0
+    python scripts/default_model.py keep runs/default                     # -> models/train-state/default
 
 `calibrate` refits only the exposure estimator (``--exposure auto``) of the EMA weights on whole
 training images (training sees 128-pixel crops, inference whole images), with a squared error
@@ -13,6 +14,10 @@ layout and root) and split.json (the held-out names),
 enhance every held-out image with the checkpoint's EMA weights exactly as `lldiff enhance`
 does, and score it with lldiff_cli.metrics (PSNR / SSIM, plain and GT-mean). `ship` writes
 models/lldiff-default.pt (EMA weights and config only) and its card models/lldiff-default.yaml.
+`keep` copies what `lldiff train --resume` needs (last.pt, config.yaml, split.json, log.jsonl,
+curve.png) to models/train-state/default, with the optimiser's moments stored in bfloat16 so
+the repository stays small (the optimiser loads them back as float32; a resumed run then
+differs from an uninterrupted one by that rounding only).
 """
 
 from __future__ import annotations
@@ -100,9 +105,32 @@ def sampler_model(payload: dict, **sampler) -> WaveletDiffusion:
     return model
 
 
+def keep(run: Path, dest: Path) -> None:
+    """Copy a run's resumable state to ``dest`` (see the module doc); out_dir becomes runs/default."""
+    import shutil
+
+    state = load_checkpoint(run / "last.pt")
+    for moments in state["optimizer"]["state"].values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in moments:
+                moments[key] = moments[key].to(torch.bfloat16)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    torch.save(state, dest / "last.pt")
+    for name in ("split.json", "log.jsonl", "curve.png"):
+        shutil.copy2(run / name, dest / name)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["out_dir"] = "runs/default"
+    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    size = sum(f.stat().st_size for f in dest.iterdir()) / 2 ** 20
+    print(f"wrote {dest} ({size:.1f} MB); resume: mkdir -p runs && cp -r {dest.relative_to(ROOT)} runs/default && "
+          f"lldiff train -c runs/default/config.yaml --resume optim.max_steps=N")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["calibrate", "sweep", "ship"])
+    parser.add_argument("action", choices=["calibrate", "sweep", "ship", "keep"])
     parser.add_argument("run", type=Path)
     parser.add_argument("--checkpoint", default="best.pt")
     parser.add_argument("--steps", default=None)
@@ -117,6 +145,9 @@ def main() -> None:
     parser.add_argument("--hardware", default=None, help="ship: where it was trained (default: this machine)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
+    if args.action == "keep":
+        keep(args.run, ROOT / "models" / "train-state" / "default")
+        return
     ckpt = args.run / args.checkpoint
     payload = load_checkpoint(ckpt)
     if args.action == "calibrate":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -321,6 +321,11 @@ def test_init_copies_matching_weights_and_train_only_freezes_the_rest(tmp_path):
         assert torch.equal(after[k], v), f"{k} should be frozen at the initial weights"
     moved = [k for k in after if k.startswith("hfrms.") and k in trained and not torch.equal(after[k], trained[k])]
     assert moved, "the HFRMs should train"
+    # Resuming needs last.pt, not the init checkpoint (a run copied to another machine).
+    (tmp_path / "run" / "last.pt").rename(tmp_path / "elsewhere.pt")
+    check_config(grown, resume=True)
+    longer = replace(grown, optim=replace(grown.optim, max_steps=4))
+    assert run_train(longer, data, resume=True)["step"] == 4
 
 
 @pytest.mark.parametrize("override, message", [
