@@ -124,7 +124,8 @@ def keep(run: Path, dest: Path) -> None:
     config["out_dir"] = "runs/default"
     (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     size = sum(f.stat().st_size for f in dest.iterdir()) / 2 ** 20
-    print(f"wrote {dest} ({size:.1f} MB); resume: mkdir -p runs && cp -r {dest.relative_to(ROOT)} runs/default && "
+    shown = dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest
+    print(f"wrote {dest} ({size:.1f} MB); resume: mkdir -p runs && cp -r {shown} runs/default && "
           f"lldiff train -c runs/default/config.yaml --resume optim.max_steps=N")
 
 

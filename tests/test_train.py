@@ -350,3 +350,29 @@ def test_unusable_pairs_are_skipped_with_the_file_and_reason(tmp_path):
     assert "6.png: size mismatch: low-light 16x16, ground truth 40x32" in reasons["6"]
     assert str(high_dir / "7.png") in reasons["7"]
     assert len(data.pairs) + len(data.val_pairs) == 6
+
+
+def test_kept_train_state_resumes(tmp_path):
+    """scripts/default_model.py keep: the committed training state (bf16 optimiser moments) resumes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("default_model", Path(__file__).resolve().parent.parent
+                                                  / "scripts" / "default_model.py")
+    default_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(default_model)
+    cfg = tiny_cfg(tmp_path, "optim.max_steps=2")
+    data = load_training_data(cfg)
+    run_train(cfg, data)
+    (tmp_path / "run" / "split.json").write_text('{"val": []}')
+    (tmp_path / "run" / "config.yaml").write_text("out_dir: x\n")
+    (tmp_path / "run" / "log.jsonl").write_text("")
+    dest = tmp_path / "kept"
+    default_model.keep(tmp_path / "run", dest)
+    state = load_checkpoint(dest / "last.pt")
+    moments = next(iter(state["optimizer"]["state"].values()))
+    assert moments["exp_avg"].dtype == torch.bfloat16
+    assert "out_dir: runs/default" in (dest / "config.yaml").read_text()
+    resumed = replace(cfg, out_dir=str(dest), optim=replace(cfg.optim, max_steps=3))
+    assert run_train(resumed, data, resume=True)["step"] == 3
+    after = load_checkpoint(dest / "last.pt")
+    assert next(iter(after["optimizer"]["state"].values()))["exp_avg"].dtype == torch.float32
