@@ -24,7 +24,7 @@ import torch
 from lldiff_cli import metrics as M
 from lldiff_cli.data import Dataset, Pair, read_pair
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import read_image, to_uint8
+from lldiff_cli.images import to_uint8
 
 # Every metric, in table order. Full-reference ones need ground truth.
 METRICS = ("psnr", "ssim", "psnr_gtmean", "ssim_gtmean", "lpips", "loe", "niqe")

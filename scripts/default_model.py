@@ -9,10 +9,11 @@
 training images (training sees 128-pixel crops, inference whole images), with a squared error
 of log brightness, and records the mean estimate over the training images as the model's
 ``exposure_prior``; `sweep --exposure-shrink 0,0.5,1` then measures how far to trust the
-per-image estimate against that prior. The held-out images are not used for fitting. All three read the run's config.yaml (data
-layout and root) and split.json (the held-out names),
-enhance every held-out image with the checkpoint's EMA weights exactly as `lldiff enhance`
-does, and score it with lldiff_cli.metrics (PSNR / SSIM, plain and GT-mean). `ship` writes
+per-image estimate against that prior. The held-out images are not used for fitting.
+`calibrate`, `sweep` and `ship` read the run's config.yaml (data layout and root) and
+split.json (the held-out names); `sweep` and `ship` enhance every held-out image with the
+checkpoint's EMA weights exactly as `lldiff enhance` does, and score it with lldiff_cli.metrics
+(PSNR / SSIM, plain and GT-mean). `ship` writes
 models/lldiff-default.pt (EMA weights and config only) and its card models/lldiff-default.yaml.
 `keep` copies what `lldiff train --resume` needs (last.pt, config.yaml, split.json, log.jsonl,
 curve.png) to models/train-state/default, with the optimiser's moments stored in bfloat16 so
@@ -36,6 +37,7 @@ import torch
 import yaml
 
 from lldiff_cli import metrics as M
+from lldiff_cli.atomic import atomic_write
 from lldiff_cli.data import layout_dirs, paired_folders
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.images import read_image
@@ -106,27 +108,42 @@ def sampler_model(payload: dict, **sampler) -> WaveletDiffusion:
 
 
 def keep(run: Path, dest: Path) -> None:
-    """Copy a run's resumable state to ``dest`` (see the module doc); out_dir becomes runs/default."""
+    """Copy a run's resumable state to ``dest`` (see the module doc); out_dir becomes runs/default.
+
+    Built in a folder beside ``dest`` and swapped in at the end, so an interrupted copy never
+    leaves a half-written state where a later session would resume from it."""
     import shutil
+    import tempfile
 
     state = load_checkpoint(run / "last.pt")
     for moments in state["optimizer"]["state"].values():
         for key in ("exp_avg", "exp_avg_sq"):
             if key in moments:
                 moments[key] = moments[key].to(torch.bfloat16)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    torch.save(state, dest / "last.pt")
-    for name in ("split.json", "log.jsonl", "curve.png"):
-        shutil.copy2(run / name, dest / name)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["out_dir"] = "runs/default"
-    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        torch.save(state, building / "last.pt")
+        for name in ("split.json", "log.jsonl", "curve.png"):
+            shutil.copy2(run / name, building / name)
+        (building / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        if dest.exists():
+            shutil.rmtree(dest)
+        building.rename(dest)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     size = sum(f.stat().st_size for f in dest.iterdir()) / 2 ** 20
     shown = dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest
     print(f"wrote {dest} ({size:.1f} MB); resume: mkdir -p runs && cp -r {shown} runs/default && "
           f"lldiff train -c runs/default/config.yaml --resume optim.max_steps=N")
+
+
+def stage(run: str, steps, train_config: dict) -> dict:
+    """One entry of the card's training.stages: a run, its steps, and what it started from."""
+    return {"run": run, "steps": steps, "init": train_config.get("init") or None,
+            "train_only": train_config.get("train_only") or None}
 
 
 def main() -> None:
@@ -159,9 +176,10 @@ def main() -> None:
             estimates = [float(model.auto_exposure(low)) for _, low, _ in train_pairs]
         model.config = replace(model.config, exposure_prior=round(sum(estimates) / len(estimates), 4))
         out = args.run / "calibrated.pt"
-        torch.save({"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict(),
-                    "step": payload.get("step"), "history": payload.get("history", []),
-                    "calibrated_from": args.checkpoint}, out)
+        with atomic_write(out) as tmp:
+            torch.save({"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict(),
+                        "step": payload.get("step"), "history": payload.get("history", []),
+                        "calibrated_from": args.checkpoint}, tmp)
         print(f"wrote {out}")
         return
     pairs, cfg = run_pairs(args.run)
@@ -194,16 +212,15 @@ def main() -> None:
     weights = models / f"{DEFAULT_MODEL_NAME}.pt"
     ship = {"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict()}
     models.mkdir(exist_ok=True)
-    torch.save(ship, weights)
+    with atomic_write(weights) as tmp:
+        torch.save(ship, tmp)
     history = payload.get("history", [])
-    stages = [{"run": str(args.run), "steps": payload.get("step"), "init": cfg.get("init") or None,
-               "train_only": cfg.get("train_only") or None}]
+    stages = [stage(str(args.run), payload.get("step"), cfg)]
     init = cfg.get("init")
     while init and Path(init).is_file():  # a run that started from another's weights: name the chain
         parent = load_checkpoint(Path(init))
         parent_cfg = parent.get("train_config", {})
-        stages.append({"run": str(Path(init).parent), "steps": parent.get("step"),
-                       "init": parent_cfg.get("init") or None, "train_only": parent_cfg.get("train_only") or None})
+        stages.append(stage(str(Path(init).parent), parent.get("step"), parent_cfg))
         init = parent_cfg.get("init")
     card = {
         "name": DEFAULT_MODEL_NAME,
@@ -234,7 +251,8 @@ def main() -> None:
         "notes": args.notes,
         "date": datetime.date.today().isoformat(),
     }
-    (models / f"{DEFAULT_MODEL_NAME}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    with atomic_write(models / f"{DEFAULT_MODEL_NAME}.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(card, sort_keys=False))
     print(f"wrote {weights} ({card['size_mb']} MB) and its card")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from lldiff_cli.atomic import atomic_write
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.evaluate import comparison_sheet
 from lldiff_cli.images import list_images, read_image, to_uint8
@@ -28,7 +29,8 @@ KNOB_EXPOSURES = (None, 0.1, 0.25)
 
 
 def save_jpeg(sheet: torch.Tensor, path: Path) -> None:
-    Image.fromarray(to_uint8(sheet)).save(path, quality=88, optimize=True)
+    with atomic_write(path, suffix=".jpg") as tmp:
+        Image.fromarray(to_uint8(sheet)).save(tmp, quality=88, optimize=True)
     print(f"wrote {path}")
 
 
