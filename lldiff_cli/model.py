@@ -339,7 +339,9 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise LldiffError(f"{path}: not a readable lldiff checkpoint ({type(exc).__name__}: {exc})") from None
+        # torch's message runs to a page of advice; its first line says what went wrong.
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise LldiffError(f"{path}: not a readable lldiff checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != "lldiff-checkpoint-1":
         raise LldiffError(f"{path}: not an lldiff checkpoint (no 'format: lldiff-checkpoint-1' record)")
     return payload

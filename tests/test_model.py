@@ -90,8 +90,9 @@ def test_card_checks_sha256_and_names_bad_files(tmp_path, tiny_model):
     with pytest.raises(LldiffError, match="sha256 does not match"):
         load_model(card)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(LldiffError, match="bad.pt: not a readable lldiff checkpoint"):
+    with pytest.raises(LldiffError, match="bad.pt: not a readable lldiff checkpoint") as info:
         load_model(tmp_path / "bad.pt")
+    assert "\n" not in str(info.value)  # one line, not torch's page of advice
     with pytest.raises(LldiffError, match="model file not found"):
         load_model(tmp_path / "missing.pt")
 
