@@ -77,6 +77,12 @@ def _coerce(tp, value, where: str):
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads 5e-5 (no dot in the mantissa) as a string; it is a number to a user.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise LldiffError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -70,6 +70,14 @@ def test_shipped_configs_are_valid(name):
     check_config(load_config(TrainConfig, TINY_YAML.parent / name))
 
 
+def test_overrides_take_exponent_numbers():
+    # YAML 1.1 reads "5e-5" as a string; a float field must still take it.
+    cfg = load_config(TrainConfig, TINY_YAML, ["optim.lr=5e-5", "optim.min_lr=1E-6"])
+    assert cfg.optim.lr == 5e-5 and cfg.optim.min_lr == 1e-6
+    with pytest.raises(LldiffError, match="optim.lr: expected a number"):
+        load_config(TrainConfig, TINY_YAML, ["optim.lr=5e-5x"])
+
+
 def test_get_lr_warms_up_then_decays():
     cfg = TrainConfig().optim
     assert get_lr(0, cfg) == pytest.approx(cfg.lr / cfg.warmup)
