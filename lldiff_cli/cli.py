@@ -420,6 +420,7 @@ def train(
         quiet = quiet or not is_main
         data = load_training_data(cfg)
     out_dir = Path(cfg.out_dir)
+    created = not out_dir.exists()
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(to_dict(cfg), out_dir / "config.yaml")
@@ -485,6 +486,11 @@ def train(
                                   stop=lambda: stop["now"])
     except KeyboardInterrupt:
         fail("interrupted; the last saved checkpoint is kept: continue with --resume", code=130)
+    except BaseException:
+        if is_main and not resume and not started:  # it failed to start: leave no half-made run behind
+            log_file.close()
+            _remove_failed_start(out_dir, created)
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
         if log_file:
@@ -498,6 +504,17 @@ def train(
         if is_main:
             console.print("continue with the same command and --resume", highlight=False)
         raise typer.Exit(130)
+
+
+def _remove_failed_start(out_dir: Path, created: bool) -> None:
+    """Remove what `lldiff train` wrote before its first step (config, split, log), and out_dir
+    itself if this run made it and nothing else is in it."""
+    if (out_dir / "last.pt").exists():
+        return
+    for name in ("config.yaml", "split.json", "log.jsonl", "curve.png"):
+        (out_dir / name).unlink(missing_ok=True)
+    if created and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -147,3 +147,22 @@ def test_ctrl_c_saves_last_pt_and_resume_continues(tmp_path):
     more = lldiff("train", "-c", run / "config.yaml", f"optim.max_steps={step + 1}", "--resume", "--quiet")
     assert more.exit_code == 0, (more.output, more.exception)
     assert load_checkpoint(run / "last.pt")["step"] == step + 1
+
+
+def test_a_run_that_fails_to_start_leaves_nothing_behind(tmp_path):
+    # The init file exists (check_config passes) but is no checkpoint: the run fails at its start.
+    photos = make_photos(tmp_path / "photos")
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("not a checkpoint\n")
+    run = tmp_path / "run"
+    result = lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={run}", f"init={bogus}", *FAST,
+                    "--quiet")
+    assert result.exit_code == 2 and "notes.pt" in result.output, result.output
+    assert not run.exists()
+    # In an out_dir that holds other files, only the run's own files go.
+    run.mkdir()
+    (run / "keep.txt").write_text("mine\n")
+    result = lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={run}", f"init={bogus}", *FAST,
+                    "--quiet")
+    assert result.exit_code == 2
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
