@@ -44,7 +44,7 @@ def measure(args: argparse.Namespace) -> dict:
     w, h = (int(v) for v in args.size.split("x"))
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, h, w, generator=gen) * 0.25
-    settings = EnhanceSettings(steps=args.steps)
+    settings = EnhanceSettings(steps=args.steps, ensemble=args.ensemble)
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -59,7 +59,8 @@ def measure(args: argparse.Namespace) -> dict:
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"device": str(device), "size": args.size, "levels": model.config.levels,
-            "steps": args.steps or model.config.steps, "seconds": statistics.median(times[1:]),
+            "steps": args.steps or model.config.steps, "ensemble": args.ensemble or model.config.ensemble,
+            "seconds": statistics.median(times[1:]),
             "peak_mb": peak / 2 ** 20, "threads": torch.get_num_threads(),
             "flush_denormal": not args.no_flush_denormal}
 
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="600x400,1920x1080,4000x3000")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument("--ensemble", type=int, default=None, help="mirrored copies averaged (default: the model's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-flush-denormal", action="store_true")
@@ -88,7 +90,8 @@ def main() -> None:
         for size in args.sizes.split(","):
             cmd = [sys.executable, __file__, "--_one", "--size", size, "--repeats", str(args.repeats),
                    "--device", args.device, "--threads", str(args.threads)]
-            for flag, value in (("--model", args.model), ("--steps", args.steps), ("--levels", levels)):
+            for flag, value in (("--model", args.model), ("--steps", args.steps), ("--ensemble", args.ensemble),
+                                ("--levels", levels)):
                 if value is not None:
                     cmd += [flag, str(value)]
             if args.no_flush_denormal:
@@ -99,7 +102,7 @@ def main() -> None:
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{row['device']:>5}  levels={row['levels']}  steps={row['steps']}  {row['size']:>10}  "
+            print(f"{row['device']:>5}  levels={row['levels']}  steps={row['steps']}  ensemble={row['ensemble']}  {row['size']:>10}  "
                   f"{row['seconds']:7.3f} s/image  peak {row['peak_mb']:8.0f} MB  "
                   f"(threads {row['threads']}, flush_denormal {row['flush_denormal']})", flush=True)
     if args.json:

@@ -27,6 +27,7 @@ class EnhanceSettings:
     max_pixels: Optional[int] = None   # None: the model's default bound (tiling.default_max_pixels)
     half: bool = False
     batch_size: int = 1                # tiles per forward pass
+    ensemble: Optional[int] = None     # mirrored copies averaged; None: the model's default
 
 
 def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device: torch.device) -> torch.Tensor:
@@ -37,7 +38,7 @@ def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device:
     with torch.no_grad():
         out = enhance_tensor(model, x, tile=settings.tile, overlap=settings.overlap,
                              max_pixels=settings.max_pixels, exposure=settings.exposure, batch_size=settings.batch_size,
-                             steps=settings.steps, eta=settings.eta, seed=settings.seed)
+                             steps=settings.steps, eta=settings.eta, seed=settings.seed, ensemble=settings.ensemble)
     return out.float().cpu()
 
 

@@ -33,6 +33,7 @@ from lldiff_cli.networks import HFRM, AnchorNet, ExposureNet, UNet
 from lldiff_cli.wavelet import dwt2, idwt2
 
 PREDICTIONS = ("eps", "x0")
+ENSEMBLES = (1, 2, 4)
 
 
 @dataclass
@@ -60,6 +61,9 @@ class ModelConfig:
     spacing: str = "trailing"
     start_noise: float = 1.0
     clip: Optional[float] = 1.0
+    # Self-ensemble: the mean of the outputs for 1, 2 (plus a left-right flip) or 4 (plus the
+    # up-down flips) mirrored copies of the input; each copy costs a whole sampling run.
+    ensemble: int = 1
 
     def validate(self) -> "ModelConfig":
         if not 0 <= self.levels <= 4:
@@ -68,6 +72,8 @@ class ModelConfig:
             raise LldiffError(f"exposure_prior must be in (0, 1), got {self.exposure_prior}")
         if not 0 <= self.exposure_shrink <= 1:
             raise LldiffError(f"exposure_shrink must be in [0, 1], got {self.exposure_shrink}")
+        if self.ensemble not in ENSEMBLES:
+            raise LldiffError(f"ensemble must be one of {', '.join(map(str, ENSEMBLES))}, got {self.ensemble}")
         if self.prediction not in PREDICTIONS:
             raise LldiffError(f"unknown prediction {self.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
         S.ddim_timesteps(self.schedule.get("timesteps", 1000), self.steps, self.spacing)
@@ -180,15 +186,19 @@ class WaveletDiffusion(nn.Module):
     @torch.no_grad()
     def enhance(self, dark: torch.Tensor, *, steps: Optional[int] = None, eta: Optional[float] = None,
                 seed: int = 0, exposure: Optional[float | torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                generator: Optional[torch.Generator] = None, ensemble: Optional[int] = None) -> torch.Tensor:
         """dark: Nx3xHxW in [0, 1] (H, W divisible by ``multiple``) -> enhanced, same shape, [0, 1].
 
         ``exposure``: the target mean grey level in (0, 1), or None for the model's estimate.
-        The output is a function of (input, steps, eta, seed, exposure).
+        ``ensemble``: 1, 2 or 4 mirrored copies averaged (default: the model's).
+        The output is a function of (input, steps, eta, seed, exposure, ensemble).
         """
         cfg = self.config
         steps = cfg.steps if steps is None else steps
         eta = cfg.eta if eta is None else eta
+        ensemble = cfg.ensemble if ensemble is None else ensemble
+        if ensemble not in ENSEMBLES:
+            raise LldiffError(f"ensemble must be one of {', '.join(map(str, ENSEMBLES))}, got {ensemble}")
         h, w = dark.shape[-2:]
         if h % self.multiple or w % self.multiple:
             raise LldiffError(f"input {h}x{w} must be divisible by {self.multiple}; pad it first (tiling.pad)")
@@ -201,7 +211,10 @@ class WaveletDiffusion(nn.Module):
             e = torch.as_tensor(exposure, dtype=dark.dtype, device=dark.device).reshape(-1).expand(n)
             if not ((e > 0) & (e < 1)).all():
                 raise LldiffError(f"exposure must be in (0, 1), got {exposure}")
-        return self.sample(dark, e, steps=steps, eta=eta, generator=generator).clamp(0, 1)
+        total = 0
+        for k in range(ensemble):  # one copy at a time: memory stays that of a single run
+            total = total + mirror(self.sample(mirror(dark, k), e, steps=steps, eta=eta, generator=generator), k)
+        return (total / ensemble).clamp(0, 1)
 
     def sample(self, dark: torch.Tensor, exposure: torch.Tensor, *, steps: int, eta: float,
                generator: torch.Generator) -> torch.Tensor:
@@ -266,6 +279,15 @@ class WaveletDiffusion(nn.Module):
         x_t_pred = S.q_sample(self.schedule, band_b, t, eps_plain_pred, anchor)
         terms["dfpl"] = F.l1_loss(self.reconstruct(x_t_pred, highs_b), self.reconstruct(x_t, highs_b))
         return terms
+
+
+def mirror(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Copy ``k`` of the self-ensemble: 0 as is, 1 flipped left-right, 2 up-down, 3 both (its own inverse)."""
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    return x
 
 
 def detail_gain(restored_ll: torch.Tensor, dark_ll: torch.Tensor, *, window: int = 5, eps: float = 0.02,

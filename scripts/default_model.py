@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--eta", default=None)
     parser.add_argument("--start-noise", default=None)
     parser.add_argument("--spacing", default=None)
+    parser.add_argument("--ensemble", default=None, help="mirrored copies averaged: 1, 2 or 4")
     parser.add_argument("--exposure-shrink", default=None, help="auto exposure = prior + shrink * (estimate - prior)")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N held-out pairs")
     parser.add_argument("--notes", default="", help="ship: free text for the card (what was tried)")
@@ -191,15 +192,16 @@ def main() -> None:
 
     grid = list(itertools.product(values(args.steps, int), values(args.eta, float),
                                   values(args.start_noise, float), values(args.spacing, str),
-                                  values(args.exposure_shrink, float)))
+                                  values(args.exposure_shrink, float), values(args.ensemble, int)))
     if args.action == "ship" and len(grid) != 1:
         sys.exit("ship takes one value per sampler option")
     results = []
-    for steps, eta, start_noise, spacing, shrink in grid:
+    for steps, eta, start_noise, spacing, shrink, ensemble in grid:
         model = sampler_model(payload, steps=steps, eta=eta, start_noise=start_noise, spacing=spacing,
-                              exposure_shrink=shrink)
+                              exposure_shrink=shrink, ensemble=ensemble)
         c = model.config
         result = {"steps": c.steps, "eta": c.eta, "start_noise": c.start_noise, "spacing": c.spacing,
+                  "ensemble": c.ensemble,
                   "exposure_shrink": c.exposure_shrink, "exposure_prior": c.exposure_prior,
                   **score(model, pairs, EnhanceSettings())}
         results.append(result)
@@ -210,14 +212,20 @@ def main() -> None:
     result = results[0]
     models = ROOT / "models"
     weights = models / f"{DEFAULT_MODEL_NAME}.pt"
+    card_path = models / f"{DEFAULT_MODEL_NAME}.yaml"
+    # Read before it is replaced: a run grown from the shipped weights inherits their stages.
+    previous = yaml.safe_load(card_path.read_text()) if card_path.is_file() else {}
     ship = {"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict()}
     models.mkdir(exist_ok=True)
     with atomic_write(weights) as tmp:
         torch.save(ship, tmp)
     history = payload.get("history", [])
     stages = [stage(str(args.run), payload.get("step"), cfg)]
-    init = cfg.get("init")
+    init, inherited = cfg.get("init"), []
     while init and Path(init).is_file():  # a run that started from another's weights: name the chain
+        if Path(init).resolve() == weights.resolve():  # the model shipped before: its card holds its stages
+            inherited = previous.get("training", {}).get("stages", [])
+            break
         parent = load_checkpoint(Path(init))
         parent_cfg = parent.get("train_config", {})
         stages.append(stage(str(Path(init).parent), parent.get("step"), parent_cfg))
@@ -231,14 +239,14 @@ def main() -> None:
         "architecture": {k: v for k, v in asdict(model.config).items()
                          if k in ("levels", "unet", "hfrm", "anchor", "prediction")},
         "schedule": model.config.schedule,
-        "sampler": {k: getattr(model.config, k) for k in ("steps", "eta", "spacing", "start_noise", "clip")},
+        "sampler": {k: getattr(model.config, k) for k in ("steps", "eta", "spacing", "start_noise", "clip", "ensemble")},
         "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink},
         "training": {
             "data": f"LOL our485 ({cfg['data'].get('layout')}), {len(json.loads((args.run / 'split.json').read_text())['val'])} "
                     f"pairs held out in blocks of {cfg['data'].get('val_block')} consecutive names",
             "config": cfg,
             "steps": payload.get("step"),
-            "stages": list(reversed(stages)),
+            "stages": inherited + list(reversed(stages)),
             "checkpoint": args.checkpoint,
             "weights": "EMA",
             "hardware": args.hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
@@ -251,7 +259,7 @@ def main() -> None:
         "notes": args.notes,
         "date": datetime.date.today().isoformat(),
     }
-    with atomic_write(models / f"{DEFAULT_MODEL_NAME}.yaml") as tmp:
+    with atomic_write(card_path) as tmp:
         tmp.write_text(yaml.safe_dump(card, sort_keys=False))
     print(f"wrote {weights} ({card['size_mb']} MB) and its card")
 

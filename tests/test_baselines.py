@@ -72,7 +72,7 @@ def test_a_model_plugs_in_through_load_model(monkeypatch, tmp_path):
         def to(self, device):
             return self
 
-        def enhance(self, low, *, exposure=None, steps=None, eta=None, seed=0):
+        def enhance(self, low, *, exposure=None, steps=None, eta=None, seed=0, ensemble=None):
             assert low.shape[-2] % 4 == 0 and low.shape[-1] % 4 == 0 and seed == 0
             return (low * 2).clamp(0, 1)
 

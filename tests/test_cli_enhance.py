@@ -64,6 +64,14 @@ def test_enhance_is_reproducible_and_resumes(tmp_path, checkpoint, dark_folder):
     assert "0 done, 2 skipped" in again.output
 
 
+def test_enhance_self_ensemble_changes_the_output(tmp_path, checkpoint, dark_folder):
+    lldiff("enhance", dark_folder, tmp_path / "o1", "--model", checkpoint, "--quiet")
+    result = lldiff("enhance", dark_folder, tmp_path / "o4", "--model", checkpoint, "--quiet", "--ensemble", "4")
+    assert result.exit_code == 1 and (tmp_path / "o4" / "a.png").exists()  # broken.jpg is reported
+    a, b = read_image(tmp_path / "o1" / "a.png").rgb, read_image(tmp_path / "o4" / "a.png").rgb
+    assert a.shape == b.shape and not torch.equal(a, b)
+
+
 def test_enhance_tiles_and_format_and_exposure(tmp_path, checkpoint, dark_folder):
     result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--quiet",
                     "--tile", "16", "--overlap", "4", "--batch-size", "2", "--format", "webp", "--exposure", "0.4")
@@ -76,6 +84,7 @@ def test_enhance_tiles_and_format_and_exposure(tmp_path, checkpoint, dark_folder
     (["--exposure", "1.5"], "--exposure must be in (0, 1)"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--half", "--device", "cpu"], "--half needs CUDA"),
+    (["--ensemble", "3"], "--ensemble must be one of 1, 2, 4, got 3"),
 ])
 def test_enhance_bad_options_are_one_line(tmp_path, checkpoint, dark_folder, args, message):
     result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, *args)

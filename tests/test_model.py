@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.model import (WaveletDiffusion, load_checkpoint, load_model, model_from_checkpoint,
+from lldiff_cli.model import (WaveletDiffusion, load_checkpoint, load_model, mirror, model_from_checkpoint,
                               save_checkpoint, sha256_of)
 from tests.conftest import tiny_config
 
@@ -24,6 +26,30 @@ def test_enhance_is_reproducible_with_a_seed_and_varies_without(tiny_model):
     c = tiny_model.enhance(x, seed=4, eta=1.0)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_self_ensemble_averages_the_mirrored_runs(tiny_model):
+    x = torch.rand(1, 3, 16, 24)
+    assert torch.equal(tiny_model.enhance(x, seed=5, ensemble=1), tiny_model.enhance(x, seed=5))
+    gen = torch.Generator().manual_seed(5)
+    e = tiny_model.estimate_exposure(tiny_model.decompose(x)[0])
+    steps, eta = tiny_model.config.steps, tiny_model.config.eta
+    runs = [mirror(tiny_model.sample(mirror(x, k), e, steps=steps, eta=eta, generator=gen), k) for k in range(4)]
+    assert torch.allclose(tiny_model.enhance(x, seed=5, ensemble=4), (sum(runs) / 4).clamp(0, 1), atol=1e-6)
+    assert torch.allclose(tiny_model.enhance(x, seed=5, ensemble=2), ((runs[0] + runs[1]) / 2).clamp(0, 1), atol=1e-6)
+    # the mirrored copy is a run of its own (a tiny random net is not mirror-symmetric)
+    assert not torch.allclose(runs[0], runs[1])
+    with pytest.raises(LldiffError, match="ensemble must be one of 1, 2, 4, got 3"):
+        tiny_model.enhance(x, ensemble=3)
+    with pytest.raises(LldiffError, match="ensemble must be one of 1, 2, 4, got 0"):
+        replace(tiny_model.config, ensemble=0).validate()
+
+
+def test_mirror_is_its_own_inverse():
+    x = torch.arange(24.0).reshape(1, 1, 4, 6)
+    for k in range(4):
+        assert torch.equal(mirror(mirror(x, k), k), x)
+    assert torch.equal(mirror(x, 1)[..., 0], x[..., -1]) and torch.equal(mirror(x, 2)[..., 0, :], x[..., -1, :])
 
 
 def test_enhance_rejects_bad_sizes_and_exposures(tiny_model):
