@@ -143,7 +143,7 @@ def keep(run: Path, dest: Path) -> None:
 def stage(run: str, steps, train_config: dict) -> dict:
     """One entry of the card's training.stages: a run, its steps, and what it started from."""
     return {"run": run, "steps": steps, "init": train_config.get("init") or None,
-            "train_only": train_config.get("train_only") or None}
+            "train_only": list(train_config.get("train_only") or []) or None}
 
 
 def main() -> None:
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--notes", default="", help="ship: free text for the card (what was tried)")
     parser.add_argument("--wall-hours", type=float, default=None,
                         help="ship: training wall time in hours, all stages (the log does not record pauses)")
+    parser.add_argument("--stage", default=None, help="ship: this run's entry in the card's stages (default: its folder)")
     parser.add_argument("--hardware", default=None, help="ship: where it was trained (default: this machine)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
@@ -220,16 +221,19 @@ def main() -> None:
     with atomic_write(weights) as tmp:
         torch.save(ship, tmp)
     history = payload.get("history", [])
-    stages = [stage(str(args.run), payload.get("step"), cfg)]
+    stages = [stage(args.stage or str(args.run), payload.get("step"), cfg)]
     init, inherited = cfg.get("init"), []
     while init and Path(init).is_file():  # a run that started from another's weights: name the chain
         if Path(init).resolve() == weights.resolve():  # the model shipped before: its card holds its stages
-            inherited = previous.get("training", {}).get("stages", [])
+            # (shipping this run again: that card already lists it)
+            inherited = [s for s in previous.get("training", {}).get("stages", []) if s != stages[0]]
             break
         parent = load_checkpoint(Path(init))
         parent_cfg = parent.get("train_config", {})
         stages.append(stage(str(Path(init).parent), parent.get("step"), parent_cfg))
         init = parent_cfg.get("init")
+    stages = inherited + list(reversed(stages))
+    counted = [s.get("steps") for s in stages]
     card = {
         "name": DEFAULT_MODEL_NAME,
         "weights": weights.name,
@@ -245,8 +249,9 @@ def main() -> None:
             "data": f"LOL our485 ({cfg['data'].get('layout')}), {len(json.loads((args.run / 'split.json').read_text())['val'])} "
                     f"pairs held out in blocks of {cfg['data'].get('val_block')} consecutive names",
             "config": cfg,
-            "steps": payload.get("step"),
-            "stages": inherited + list(reversed(stages)),
+            # every stage's steps: the weights' whole training
+            "steps": sum(counted) if all(isinstance(n, int) for n in counted) else payload.get("step"),
+            "stages": stages,
             "checkpoint": args.checkpoint,
             "weights": "EMA",
             "hardware": args.hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
