@@ -231,7 +231,7 @@ def enhance(
         from lldiff_cli.enhance import EnhanceSettings, enhance_folder
         from lldiff_cli.errors import LldiffError
         from lldiff_cli.images import list_images
-        from lldiff_cli.model import ENSEMBLES, load_model
+        from lldiff_cli.model import check_ensemble, load_model
 
         target = None
         if exposure != "auto":
@@ -241,8 +241,8 @@ def enhance(
                 raise LldiffError(f"--exposure must be 'auto' or a number in (0, 1), got {exposure!r}") from None
             if not 0 < target < 1:
                 raise LldiffError(f"--exposure must be in (0, 1), got {target}")
-        if ensemble is not None and ensemble not in ENSEMBLES:
-            raise LldiffError(f"--ensemble must be one of {', '.join(map(str, ENSEMBLES))}, got {ensemble}")
+        if ensemble is not None:  # before any file: a bad value would otherwise fail every image
+            check_ensemble(ensemble, "--ensemble")
         dev = pick_device(device)
         if half and dev.type != "cuda":
             raise LldiffError(f"--half needs CUDA; the device is {dev.type}")

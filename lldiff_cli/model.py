@@ -36,6 +36,13 @@ PREDICTIONS = ("eps", "x0")
 ENSEMBLES = (1, 2, 4)
 
 
+def check_ensemble(n: int, name: str = "ensemble") -> int:
+    """``n`` if it is a self-ensemble size lldiff runs (1, 2 or 4 mirrored copies), else LldiffError."""
+    if n not in ENSEMBLES:
+        raise LldiffError(f"{name} must be one of {', '.join(map(str, ENSEMBLES))}, got {n}")
+    return n
+
+
 @dataclass
 class ModelConfig:
     """Every constructor argument of :class:`WaveletDiffusion`, as plain values."""
@@ -72,8 +79,7 @@ class ModelConfig:
             raise LldiffError(f"exposure_prior must be in (0, 1), got {self.exposure_prior}")
         if not 0 <= self.exposure_shrink <= 1:
             raise LldiffError(f"exposure_shrink must be in [0, 1], got {self.exposure_shrink}")
-        if self.ensemble not in ENSEMBLES:
-            raise LldiffError(f"ensemble must be one of {', '.join(map(str, ENSEMBLES))}, got {self.ensemble}")
+        check_ensemble(self.ensemble)
         if self.prediction not in PREDICTIONS:
             raise LldiffError(f"unknown prediction {self.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
         S.ddim_timesteps(self.schedule.get("timesteps", 1000), self.steps, self.spacing)
@@ -196,9 +202,7 @@ class WaveletDiffusion(nn.Module):
         cfg = self.config
         steps = cfg.steps if steps is None else steps
         eta = cfg.eta if eta is None else eta
-        ensemble = cfg.ensemble if ensemble is None else ensemble
-        if ensemble not in ENSEMBLES:
-            raise LldiffError(f"ensemble must be one of {', '.join(map(str, ENSEMBLES))}, got {ensemble}")
+        ensemble = cfg.ensemble if ensemble is None else check_ensemble(ensemble)
         h, w = dark.shape[-2:]
         if h % self.multiple or w % self.multiple:
             raise LldiffError(f"input {h}x{w} must be divisible by {self.multiple}; pad it first (tiling.pad)")
