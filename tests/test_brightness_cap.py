@@ -1,0 +1,41 @@
+"""benchmarks/brightness_cap.py: the plain-PSNR ceiling of one constant output brightness."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "brightness_cap", Path(__file__).resolve().parent.parent / "benchmarks" / "brightness_cap.py")
+brightness_cap = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(brightness_cap)
+
+
+def flat(value: float) -> np.ndarray:
+    return np.full((4, 6, 3), value)
+
+
+def test_ceiling_known_values():
+    # a flat 0.2 ground truth lifted to 0.4: error 0.2 everywhere, 10*log10(1/0.04) = 13.98 dB
+    assert brightness_cap.ceiling([flat(0.2)], 0.4) == pytest.approx(10 * math.log10(25))
+    # already at the target brightness: no error at all
+    assert brightness_cap.ceiling([flat(0.5)], 0.5) == math.inf
+    # the mean over images is of the dB figures
+    assert brightness_cap.ceiling([flat(0.2), flat(0.8)], 0.4) == pytest.approx(
+        (10 * math.log10(25) + 10 * math.log10(1 / 0.16)) / 2)
+
+
+def test_ceiling_clips_and_adds_structure_error():
+    # half 0.25, half 1.0 (mean 0.625) asked for 0.75: scale 1.2 clips the 1.0 half, lifts the other to 0.3
+    high = np.concatenate([flat(0.25), flat(1.0)], axis=1)
+    assert brightness_cap.ceiling([high], 0.75) == pytest.approx(-10 * math.log10(0.05 ** 2 / 2))
+    # a perfect brightness leaves only the structure error
+    assert brightness_cap.ceiling([flat(0.5)], 0.5, structure_db=30.0) == pytest.approx(30.0)
+    assert brightness_cap.ceiling([flat(0.2)], 0.4, structure_db=30.0) == pytest.approx(
+        -10 * math.log10(0.04 + 1e-3))
+
+
+def test_grid():
+    assert brightness_cap.grid("0.30:0.32:0.01") == [0.3, 0.31, 0.32]
