@@ -28,10 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from lldiff_cli.data import load_dataset, read_pair
+from lldiff_cli.errors import LldiffError
 
 
 def grid(text: str) -> list[float]:
-    start, stop, step = (float(v) for v in text.split(":"))
+    """'start:stop:step' -> the values from start to stop inclusive."""
+    try:
+        start, stop, step = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--targets must be start:stop:step, e.g. 0.30:0.60:0.01, got {text!r}") from None
+    if not (0 < start <= stop < 1 and step > 0):
+        raise ValueError(f"--targets needs 0 < start <= stop < 1 and step > 0, got {text!r}")
     return [round(start + i * step, 6) for i in range(int(round((stop - start) / step)) + 1)]
 
 
@@ -59,6 +66,12 @@ def main() -> None:
     parser.add_argument("--structure-db", type=float, default=None,
                         help="add the error of a method with this GT-mean PSNR (dB)")
     args = parser.parse_args()
+    if args.held_out and not args.run:
+        parser.error("--held-out needs --run")
+    try:
+        targets = grid(args.targets)
+    except ValueError as err:
+        parser.error(str(err))
 
     pairs = load_dataset(args.dataset, root=Path(args.root), split=args.split).pairs
     if args.run:
@@ -66,12 +79,21 @@ def main() -> None:
         pairs = [p for p in pairs if (p.name in held_out) == args.held_out]
     highs = []
     for pair in pairs:
-        _, high = read_pair(pair)
+        try:
+            _, high = read_pair(pair)
+        except LldiffError as err:
+            print(f"skipped {pair.name}: {err}")
+            continue
+        if float(high.mean()) == 0.0:
+            print(f"skipped {pair.name}: its ground truth is black")
+            continue
         highs.append(high[0].permute(1, 2, 0).double().numpy())
+    if not highs:
+        raise SystemExit("no pairs to score")
     means = np.array([h.mean() for h in highs])
     print(f"{len(highs)} pairs; ground-truth mean grey {means.mean():.3f} (sd {means.std():.3f}, "
           f"{means.min():.3f}-{means.max():.3f})")
-    rows = [(e, ceiling(highs, e, args.structure_db)) for e in grid(args.targets)]
+    rows = [(e, ceiling(highs, e, args.structure_db)) for e in targets]
     for e, score in rows:
         print(f"  e {e:.3f}: {score:6.2f} dB")
     best_e, best = max(rows, key=lambda row: row[1])
@@ -81,4 +103,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LldiffError as err:
+        raise SystemExit(f"error: {err}")

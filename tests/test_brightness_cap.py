@@ -39,3 +39,9 @@ def test_ceiling_clips_and_adds_structure_error():
 
 def test_grid():
     assert brightness_cap.grid("0.30:0.32:0.01") == [0.3, 0.31, 0.32]
+
+
+@pytest.mark.parametrize("text", ["0.3-0.6", "0.6:0.3:0.01", "0.3:0.6:0", "a:b:c"])
+def test_grid_rejects_bad_ranges(text):
+    with pytest.raises(ValueError, match="--targets"):
+        brightness_cap.grid(text)
