@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lldiff_cli.data import load_dataset, read_pair
+from lldiff_cli.data import load_dataset
 from lldiff_cli.errors import LldiffError
+from lldiff_cli.images import read_image
 
 
 def grid(text: str) -> list[float]:
@@ -42,12 +43,12 @@ def grid(text: str) -> list[float]:
     return [round(start + i * step, 6) for i in range(int(round((stop - start) / step)) + 1)]
 
 
-def ceiling(targets: list[np.ndarray], exposure: float, structure_db: float | None = None) -> float:
+def ceiling(highs: list[np.ndarray], exposure: float, structure_db: float | None = None) -> float:
     """Mean PSNR (dB) of each HxWx3 [0, 1] ground truth rescaled to mean grey ``exposure``,
     plus the squared error (0..1 scale) of ``structure_db`` when given."""
     floor = 0.0 if structure_db is None else 10.0 ** (-structure_db / 10.0)
     scores = []
-    for high in targets:
+    for high in highs:
         out = np.clip(high * (exposure / high.mean()), 0.0, 1.0)
         mse = float(np.mean((out - high) ** 2)) + floor
         scores.append(-10.0 * math.log10(mse) if mse > 0 else math.inf)
@@ -75,12 +76,15 @@ def main() -> None:
 
     pairs = load_dataset(args.dataset, root=Path(args.root), split=args.split).pairs
     if args.run:
-        held_out = set(json.loads((Path(args.run) / "split.json").read_text())["val"])
+        split = Path(args.run) / "split.json"
+        if not split.is_file():
+            raise LldiffError(f"{split} not found: --run takes a folder that `lldiff train` wrote")
+        held_out = set(json.loads(split.read_text())["val"])
         pairs = [p for p in pairs if (p.name in held_out) == args.held_out]
     highs = []
-    for pair in pairs:
+    for pair in pairs:  # only the ground truths are scored: the dark inputs are never decoded
         try:
-            _, high = read_pair(pair)
+            high = read_image(pair.high).rgb
         except LldiffError as err:
             print(f"skipped {pair.name}: {err}")
             continue
