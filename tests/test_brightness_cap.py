@@ -45,3 +45,25 @@ def test_grid():
 def test_grid_rejects_bad_ranges(text):
     with pytest.raises(ValueError, match="--targets"):
         brightness_cap.grid(text)
+
+
+@pytest.mark.parametrize("power", [1.0, 4.0])
+def test_level_of_a_flat_image_is_its_grey(power):
+    assert brightness_cap.level(flat(0.3), power) == pytest.approx(0.3)
+    assert brightness_cap.level(flat(0.3)) == pytest.approx(0.3)
+
+
+def test_level_weighs_highlights_more_as_the_power_grows():
+    # a quarter of the pixels at 0.9, the rest at 0.1: mean grey 0.3
+    image = np.concatenate([flat(0.1), flat(0.1), flat(0.1), flat(0.9)], axis=1)
+    levels = [brightness_cap.level(image, power) for power in (0.0, 1.0, 2.0, 4.0)]
+    assert levels[0] == pytest.approx(0.3)
+    assert levels == sorted(levels) and levels[-1] < 0.9
+
+
+def test_ceiling_rescales_outputs_by_their_own_level():
+    # an output half as bright as a flat 0.5 ground truth, rescaled to 0.5 by its own level: exact
+    assert brightness_cap.ceiling([flat(0.5)], 0.5, outputs=[flat(0.25)]) == math.inf
+    # the levels given are used as they are: an output said to be at 0.5 is left at 0.25
+    assert brightness_cap.ceiling([flat(0.5)], 0.5, outputs=[flat(0.25)], levels=[0.5]) == pytest.approx(
+        10 * math.log10(1 / 0.0625))
