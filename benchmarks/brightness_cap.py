@@ -30,7 +30,6 @@ shows whether the method's outputs reproduce the statistic well enough for the r
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from lldiff_cli.darken import linear_to_srgb, srgb_to_linear
-from lldiff_cli.data import load_dataset
+from lldiff_cli.data import load_dataset, run_split
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import list_images, read_image
 
@@ -117,11 +116,7 @@ def main() -> None:
 
     pairs = load_dataset(args.dataset, root=Path(args.root), split=args.split).pairs
     if args.run:
-        split = Path(args.run) / "split.json"
-        if not split.is_file():
-            raise LldiffError(f"{split} not found: --run takes a folder that `lldiff train` wrote")
-        held_out = set(json.loads(split.read_text())["val"])
-        pairs = [p for p in pairs if (p.name in held_out) == args.held_out]
+        pairs = run_split(pairs, Path(args.run), args.held_out)
     made = {}  # a method's outputs by name (path without extension)
     if args.outputs is not None:
         made = {f.with_suffix("").as_posix(): args.outputs / f for f in list_images(args.outputs, recursive=True)}

@@ -16,6 +16,7 @@ Known layouts under a data root (``--data-root``, ``$LLDIFF_DATA``, default ``./
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections import defaultdict
@@ -236,3 +237,16 @@ def split_pairs(pairs: list[Pair], val_fraction: float, seed: int = 0,
     train = [p for p in pairs if group(p) not in held]
     val = [p for p in pairs if group(p) in held]
     return train, val
+
+
+def run_split(pairs: list[Pair], run: Path, held_out: bool = True) -> list[Pair]:
+    """The pairs a training run held out (``held_out``) or trained on, by the names in the
+    split.json that ``lldiff train`` wrote into the run's folder."""
+    path = Path(run) / "split.json"
+    if not path.is_file():
+        raise LldiffError(f"{path} not found: a run folder that `lldiff train` wrote has one")
+    try:
+        names = set(json.loads(path.read_text())["val"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LldiffError(f"{path} is not a split.json written by `lldiff train`: {exc}") from None
+    return [p for p in pairs if (p.name in names) == held_out]

@@ -225,13 +225,18 @@ class WaveletDiffusion(nn.Module):
         """The sampling path of :meth:`enhance`, differentiable and without checks (training
         runs it with gradients): dark Nx3xHxW [0, 1], exposure (N,) -> image, not clamped."""
         band, lls, highs = self.decompose(dark)
+        restored = self.restore_band(band, exposure, steps=steps, eta=eta, generator=generator)
+        return self.reconstruct(restored, self.restore_details(restored, lls, highs))
+
+    def restore_band(self, band: torch.Tensor, exposure: torch.Tensor, *, steps: int, eta: float,
+                     generator: torch.Generator) -> torch.Tensor:
+        """The diffusion half of :meth:`sample`: dark lowest band -> restored lowest band (anchor, DDIM)."""
         anchor = self.make_anchor(band, exposure)
         timesteps = S.ddim_timesteps(self.schedule.num_timesteps, steps, self.config.spacing)
         x = S.start_state(self.schedule, timesteps[0], band.shape, anchor=anchor, noise_scale=self.config.start_noise,
                           generator=generator, device=band.device, dtype=band.dtype)
-        restored = S.ddim_sample(self.schedule, lambda x_t, t: self.denoise(x_t, t, band, anchor, exposure),
-                                 x, timesteps, eta=eta, generator=generator, anchor=anchor, clip=self.config.clip)
-        return self.reconstruct(restored, self.restore_details(restored, lls, highs))
+        return S.ddim_sample(self.schedule, lambda x_t, t: self.denoise(x_t, t, band, anchor, exposure),
+                             x, timesteps, eta=eta, generator=generator, anchor=anchor, clip=self.config.clip)
 
     # --- training -----------------------------------------------------------------
 

@@ -38,7 +38,7 @@ import yaml
 
 from lldiff_cli import metrics as M
 from lldiff_cli.atomic import atomic_write
-from lldiff_cli.data import layout_dirs, paired_folders
+from lldiff_cli.data import layout_dirs, paired_folders, run_split
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.images import read_image
 from lldiff_cli.model import DEFAULT_MODEL_NAME, WaveletDiffusion, load_checkpoint, model_from_checkpoint, sha256_of
@@ -54,8 +54,7 @@ def run_pairs(run: Path, held_out: bool = True) -> tuple[list, dict]:
         low_dir, high_dir = Path(data["low"]), Path(data["high"])
     else:
         low_dir, high_dir = layout_dirs(data["layout"], Path(data["root"]), data.get("split", "train"))
-    names = set(json.loads((run / "split.json").read_text())["val"])
-    pairs = [p for p in paired_folders(low_dir, high_dir).pairs if (p.name in names) == held_out]
+    pairs = run_split(paired_folders(low_dir, high_dir).pairs, run, held_out)
     loaded = [(p.name, read_image(p.low).rgb, read_image(p.high).rgb) for p in pairs]
     return loaded, cfg
 

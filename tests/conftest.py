@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,3 +23,12 @@ def tiny_config(**overrides) -> ModelConfig:
 def tiny_model():
     torch.manual_seed(0)
     return WaveletDiffusion(tiny_config()).eval()
+
+
+def load_script(relative: str):
+    """A script of the repository that is not part of the package (benchmarks/, scripts/) as a module."""
+    path = Path(__file__).resolve().parent.parent / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

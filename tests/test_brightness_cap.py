@@ -1,16 +1,12 @@
 """benchmarks/brightness_cap.py: the plain-PSNR ceiling of one constant output brightness."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
-_spec = importlib.util.spec_from_file_location(
-    "brightness_cap", Path(__file__).resolve().parent.parent / "benchmarks" / "brightness_cap.py")
-brightness_cap = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(brightness_cap)
+brightness_cap = load_script("benchmarks/brightness_cap.py")
 
 
 def flat(value: float) -> np.ndarray:

@@ -127,3 +127,15 @@ def test_split_pairs_holds_out_whole_scenes_reproducibly():
     assert len(D.split_pairs(pairs[:3], 0.01)[1]) == 1
     with pytest.raises(LldiffError):
         D.split_pairs(pairs, 1.0)
+
+
+def test_run_split_reads_the_runs_held_out_names(tmp_path):
+    pairs = [D.Pair(name, tmp_path / f"{name}.png") for name in ("1", "2", "3")]
+    (tmp_path / "split.json").write_text('{"val": ["2"]}')
+    assert [p.name for p in D.run_split(pairs, tmp_path)] == ["2"]
+    assert [p.name for p in D.run_split(pairs, tmp_path, held_out=False)] == ["1", "3"]
+    with pytest.raises(LldiffError, match="split.json not found"):
+        D.run_split(pairs, tmp_path / "elsewhere")
+    (tmp_path / "split.json").write_text('{"train": []}')
+    with pytest.raises(LldiffError, match="not a split.json"):
+        D.run_split(pairs, tmp_path)

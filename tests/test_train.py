@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
+from conftest import load_script
 
 from lldiff_cli.config import load_config
 from lldiff_cli.errors import LldiffError
@@ -362,12 +363,7 @@ def test_unusable_pairs_are_skipped_with_the_file_and_reason(tmp_path):
 
 def test_kept_train_state_resumes(tmp_path):
     """scripts/default_model.py keep: the committed training state (bf16 optimiser moments) resumes."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("default_model", Path(__file__).resolve().parent.parent
-                                                  / "scripts" / "default_model.py")
-    default_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(default_model)
+    default_model = load_script("scripts/default_model.py")
     cfg = tiny_cfg(tmp_path, "optim.max_steps=2")
     data = load_training_data(cfg)
     run_train(cfg, data)

@@ -1,0 +1,108 @@
+"""Where does the model lose against the ground truth: brightness, the low band or the details?
+
+    python benchmarks/oracle_parts.py [--dataset LOL --root data --split train] [--run RUN [--held-out]]
+                                      [--model CARD_OR_CKPT] [--steps 2] [--limit N]
+
+For every pair, the model's output is scored (plain PSNR / SSIM, lldiff_cli.metrics) four ways,
+each with one more part taken from the ground truth:
+
+  auto exposure      the model as `lldiff enhance` runs it, but one copy (no mirrored copies)
+  true brightness    the ground truth's mean grey as the exposure (what --exposure can give)
+  + true details     ... and the ground truth's wavelet detail bands in place of the HFRM's
+  + true low band    ... and the ground truth's low band in place of the diffusion's (HFRM kept)
+
+The gap from the first to the second row is what not knowing the brightness costs; the third
+and fourth rows bound what a better HFRM or a better low-band diffusion could give. Images are
+padded to the model's multiple (as `lldiff enhance` does) and never tiled; seed 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from lldiff_cli import metrics as M
+from lldiff_cli.data import load_dataset, read_pair, run_split
+from lldiff_cli.errors import LldiffError
+from lldiff_cli.model import load_model
+from lldiff_cli.tiling import pad_to_multiple, unpad
+
+ROWS = ("auto exposure", "true brightness", "+ true details", "+ true low band")
+
+
+@torch.no_grad()
+def outputs(model, low: torch.Tensor, high: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
+    """The four outputs of the module docstring for one 1x3xHxW pair, [0, 1], unpadded."""
+    (dark, size), (bright, _) = pad_to_multiple(low, model.multiple), pad_to_multiple(high, model.multiple)
+    band, lls, highs = model.decompose(dark)
+    band_true, _, highs_true = model.decompose(bright)
+    exposure = high.mean().reshape(1)
+
+    def restored_band(e: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return model.restore_band(band, e, steps=steps, eta=model.config.eta, generator=generator)
+
+    auto, true = restored_band(model.estimate_exposure(band)), restored_band(exposure)
+    images = {
+        ROWS[0]: model.reconstruct(auto, model.restore_details(auto, lls, highs)),
+        ROWS[1]: model.reconstruct(true, model.restore_details(true, lls, highs)),
+        ROWS[2]: model.reconstruct(true, highs_true),
+        ROWS[3]: model.reconstruct(band_true, model.restore_details(band_true, lls, highs)),
+    }
+    return {name: unpad(image.clamp(0, 1), size) for name, image in images.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="LOL")
+    parser.add_argument("--root", default="data")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--run", default=None, help="a training run folder: use its split.json")
+    parser.add_argument("--held-out", action="store_true", help="with --run: its held-out pairs (else its training pairs)")
+    parser.add_argument("--model", default=None, help="a card (.yaml) or checkpoint (.pt); default: the shipped model")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    parser.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
+    args = parser.parse_args()
+    if args.held_out and not args.run:
+        parser.error("--held-out needs --run")
+    if args.limit < 0:
+        parser.error(f"--limit must be 0 (all) or more, got {args.limit}")
+
+    torch.set_flush_denormal(True)
+    model = load_model(Path(args.model) if args.model else None).eval()
+    steps = model.config.steps if args.steps is None else args.steps
+    pairs = load_dataset(args.dataset, root=Path(args.root), split=args.split).pairs
+    if args.run:
+        pairs = run_split(pairs, Path(args.run), args.held_out)
+    if args.limit:
+        pairs = pairs[:args.limit]
+    scores = {name: ([], []) for name in ROWS}
+    for pair in pairs:
+        try:
+            low, high = read_pair(pair)
+        except LldiffError as err:
+            print(f"skipped {pair.name}: {err}")
+            continue
+        if high is None:
+            print(f"skipped {pair.name}: no ground truth")
+            continue
+        target = M.as_array255(high)
+        for name, image in outputs(model, low, high, steps).items():
+            out = M.as_array255(image)
+            scores[name][0].append(M.psnr(out, target))
+            scores[name][1].append(M.ssim(out, target))
+    if not scores[ROWS[0]][0]:
+        raise SystemExit("no pairs to score")
+    print(f"{len(scores[ROWS[0]][0])} pairs, {steps} DDIM steps, one copy")
+    for name, (psnrs, ssims) in scores.items():
+        print(f"  {name:16s} {statistics.mean(psnrs):6.2f} dB  SSIM {statistics.mean(ssims):.3f}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except LldiffError as err:
+        raise SystemExit(f"error: {err}")
