@@ -35,13 +35,13 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from lldiff_cli.darken import linear_to_srgb, srgb_to_linear
-from lldiff_cli.data import load_dataset, run_split
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import list_images, read_image
+
+import pairs as pairs_options  # benchmarks/pairs.py, beside this script
 
 LUMA = (0.2126, 0.7152, 0.0722)  # Rec. 709 weights of linear R, G, B
 
@@ -89,11 +89,7 @@ def ceiling(highs: list[np.ndarray], exposure: float, structure_db: float | None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="LOL")
-    parser.add_argument("--root", default="data")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--run", default=None, help="a training run folder: use its split.json")
-    parser.add_argument("--held-out", action="store_true", help="with --run: its held-out pairs (else its training pairs)")
+    pairs_options.add_options(parser)
     parser.add_argument("--targets", default="0.30:0.60:0.01", help="start:stop:step of the output brightness")
     parser.add_argument("--exposure", type=float, default=None, help="also report this output brightness")
     parser.add_argument("--structure-db", type=float, default=None,
@@ -103,8 +99,6 @@ def main() -> None:
     parser.add_argument("--outputs", type=Path, default=None,
                         help="rescale a method's outputs from this folder (named as the dark inputs) instead")
     args = parser.parse_args()
-    if args.held_out and not args.run:
-        parser.error("--held-out needs --run")
     try:
         targets = grid(args.targets)
     except ValueError as err:
@@ -114,9 +108,7 @@ def main() -> None:
     if args.power < 0:
         parser.error(f"--power must be 0 or more, got {args.power}")
 
-    pairs = load_dataset(args.dataset, root=Path(args.root), split=args.split).pairs
-    if args.run:
-        pairs = run_split(pairs, Path(args.run), args.held_out)
+    pairs = pairs_options.selected(parser, args)
     made = {}  # a method's outputs by name (path without extension)
     if args.outputs is not None:
         made = {f.with_suffix("").as_posix(): args.outputs / f for f in list_images(args.outputs, recursive=True)}

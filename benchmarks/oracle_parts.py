@@ -25,10 +25,12 @@ from pathlib import Path
 import torch
 
 from lldiff_cli import metrics as M
-from lldiff_cli.data import load_dataset, read_pair, run_split
+from lldiff_cli.data import read_pair
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.model import load_model
 from lldiff_cli.tiling import pad_to_multiple, unpad
+
+import pairs as pairs_options  # benchmarks/pairs.py, beside this script
 
 ROWS = ("auto exposure", "true brightness", "+ true details", "+ true low band")
 
@@ -57,26 +59,18 @@ def outputs(model, low: torch.Tensor, high: torch.Tensor, steps: int) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="LOL")
-    parser.add_argument("--root", default="data")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--run", default=None, help="a training run folder: use its split.json")
-    parser.add_argument("--held-out", action="store_true", help="with --run: its held-out pairs (else its training pairs)")
+    pairs_options.add_options(parser)
     parser.add_argument("--model", default=None, help="a card (.yaml) or checkpoint (.pt); default: the shipped model")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
     args = parser.parse_args()
-    if args.held_out and not args.run:
-        parser.error("--held-out needs --run")
     if args.limit < 0:
         parser.error(f"--limit must be 0 (all) or more, got {args.limit}")
 
     torch.set_flush_denormal(True)
     model = load_model(Path(args.model) if args.model else None).eval()
     steps = model.config.steps if args.steps is None else args.steps
-    pairs = load_dataset(args.dataset, root=Path(args.root), split=args.split).pairs
-    if args.run:
-        pairs = run_split(pairs, Path(args.run), args.held_out)
+    pairs = pairs_options.selected(parser, args)
     if args.limit:
         pairs = pairs[:args.limit]
     scores = {name: ([], []) for name in ROWS}
