@@ -112,7 +112,7 @@ def main() -> None:
     made = {}  # a method's outputs by name (path without extension)
     if args.outputs is not None:
         made = {f.with_suffix("").as_posix(): args.outputs / f for f in list_images(args.outputs, recursive=True)}
-    highs, outputs, levels = [], [], []
+    highs, outputs, truth, levels = [], [], [], []
     for pair in pairs:  # the dark inputs are never decoded
         try:
             high = rgb(pair.high)
@@ -129,15 +129,17 @@ def main() -> None:
             print(f"skipped {pair.name}: its output is {output.shape[1]}x{output.shape[0]}, "
                   f"its ground truth {high.shape[1]}x{high.shape[0]}")
             continue
-        if level(high, args.power) == 0.0 or level(output, args.power) == 0.0:
+        high_level, output_level = level(high, args.power), level(output, args.power)
+        if high_level == 0.0 or output_level == 0.0:
             print(f"skipped {pair.name}: its ground truth or output is black")
             continue
         highs.append(high)
         outputs.append(output)
-        levels.append(level(output, args.power))
+        truth.append(high_level)
+        levels.append(output_level)
     if not highs:
         raise SystemExit("no pairs to score")
-    truth = np.array([level(h, args.power) for h in highs])
+    truth = np.array(truth)
     name = "mean grey" if args.power == 0 else f"{args.power:g}-power linear level"
     print(f"{len(highs)} pairs; ground-truth {name} {truth.mean():.3f} (sd {truth.std():.3f}, "
           f"{truth.min():.3f}-{truth.max():.3f}; sd of its log {np.log(truth).std():.3f})")
