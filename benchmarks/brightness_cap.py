@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from lldiff_cli.darken import linear_to_srgb, srgb_to_linear
+from lldiff_cli.data import unpaired_folder
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import list_images, read_image
+from lldiff_cli.images import read_image
 
 import pairs as pairs_options  # benchmarks/pairs.py, beside this script
 
@@ -109,9 +110,9 @@ def main() -> None:
         parser.error(f"--power must be 0 or more, got {args.power}")
 
     pairs = pairs_options.selected(parser, args)
-    made = {}  # a method's outputs by name (path without extension)
+    made = {}  # a method's outputs by name, the same names as the pairs' (path without extension)
     if args.outputs is not None:
-        made = {f.with_suffix("").as_posix(): args.outputs / f for f in list_images(args.outputs, recursive=True)}
+        made = {output.name: output.low for output in unpaired_folder(args.outputs, recursive=True).pairs}
     highs, outputs, truth, levels = [], [], [], []
     for pair in pairs:  # the dark inputs are never decoded
         try:
