@@ -13,7 +13,8 @@ each with one more part taken from the ground truth:
 
 The gap from the first to the second row is what not knowing the brightness costs; the third
 and fourth rows bound what a better HFRM or a better low-band diffusion could give. Images are
-padded to the model's multiple (as `lldiff enhance` does) and never tiled; seed 0.
+padded to the model's multiple (as `lldiff enhance` does) and never tiled; seed 0. A model with a
+refiner runs it on every row's image, as `lldiff enhance` does.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def outputs(model, low: torch.Tensor, high: torch.Tensor, steps: int) -> dict[st
         ROWS[2]: model.reconstruct(true, highs_true),
         ROWS[3]: model.reconstruct(band_true, model.restore_details(band_true, lls, highs)),
     }
-    return {name: unpad(image.clamp(0, 1), size) for name, image in images.items()}
+    return {name: unpad(model.refine(image, dark).clamp(0, 1), size) for name, image in images.items()}
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ Data path of ``enhance`` (DiffLL, Jiang et al. 2023, with AnlightenDiff's anchor
       detail bands of each level, coarse to fine
         -> HFRM, guided by the restored and the dark low band of that level
     -> inverse DWT -> [0, 1]
+    -> Refiner (optional): a small full-resolution network's correction of the finished image,
+       run once after the self-ensemble's average
 
 ``levels: 0`` is plain pixel-space conditional diffusion (SR3 / Palette) from the same class.
 
@@ -29,7 +31,7 @@ from torch import nn
 
 from lldiff_cli import schedule as S
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.networks import HFRM, AnchorNet, ExposureNet, UNet
+from lldiff_cli.networks import HFRM, AnchorNet, ExposureNet, Refiner, UNet
 from lldiff_cli.wavelet import dwt2, idwt2
 
 PREDICTIONS = ("eps", "x0")
@@ -54,6 +56,7 @@ class ModelConfig:
     hfrm: dict = field(default_factory=lambda: {"width": 24, "dilations": [1, 2, 4, 2, 1], "heads": 2})
     anchor: Optional[dict] = field(default_factory=lambda: {"width": 16, "channel_mults": [1, 2, 4]})
     exposure: dict = field(default_factory=lambda: {"width": 16})
+    refiner: Optional[dict] = None  # e.g. {"width": 32, "blocks": 2}; None: no output refiner
     # --exposure auto = prior + shrink * (estimate - prior): where the brightness of the ground
     # truth cannot be told from the dark image (LOL), pulling the estimate towards the typical
     # exposure scores better. None: the estimate as it is.
@@ -102,6 +105,7 @@ class WaveletDiffusion(nn.Module):
         self.hfrms = nn.ModuleList([HFRM(image_channels=c, guide_channels=2 * c, **hfrm_args)
                                     for _ in range(config.levels)])
         self.exposure_net = ExposureNet(channels=c, **config.exposure)
+        self.refiner = Refiner(channels=c, **config.refiner) if config.refiner is not None else None
         self.schedule = S.make_schedule(**config.schedule)
 
     # --- shapes -------------------------------------------------------------------
@@ -187,6 +191,11 @@ class WaveletDiffusion(nn.Module):
             ll = idwt2(guide * (2 ** (k + 1)), high) / (2 ** k)
         return restored
 
+    def refine(self, image: torch.Tensor, dark: torch.Tensor) -> torch.Tensor:
+        """The refiner's correction of a finished image (Nx3xHxW, not clamped) given its dark
+        input; the image as it is when the model has no refiner."""
+        return image if self.refiner is None else self.refiner(image, dark)
+
     # --- inference ----------------------------------------------------------------
 
     @torch.no_grad()
@@ -218,7 +227,7 @@ class WaveletDiffusion(nn.Module):
         total = 0
         for k in range(ensemble):  # one copy at a time: memory stays that of a single run
             total = total + mirror(self.sample(mirror(dark, k), e, steps=steps, eta=eta, generator=generator), k)
-        return (total / ensemble).clamp(0, 1)
+        return self.refine(total / ensemble, dark).clamp(0, 1)
 
     def sample(self, dark: torch.Tensor, exposure: torch.Tensor, *, steps: int, eta: float,
                generator: torch.Generator) -> torch.Tensor:

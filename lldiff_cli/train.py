@@ -189,6 +189,11 @@ def check_config(cfg: TrainConfig, resume: bool = False) -> None:
         if not any(_under(name, prefix) for name in names):
             modules = sorted({name.split(".")[0] for name in names})
             raise LldiffError(f"train_only: no parameters under {prefix!r}; the model has {', '.join(modules)}")
+    trains_refiner = model.refiner is not None and (not cfg.train_only or any(
+        _under(name, prefix) for name in names if _under(name, "refiner") for prefix in cfg.train_only))
+    if trains_refiner and cfg.train_sampler_every == 0:
+        raise LldiffError("model.refiner learns only from the sampled term (the loss on the sampler's output): "
+                          "set train_sampler_every to 1 or more, or leave the refiner out of train_only")
     multiple = model.multiple
     if d.crop % multiple:
         raise LldiffError(f"data.crop ({d.crop}) must be a multiple of {multiple} for this model")
@@ -475,11 +480,12 @@ def sampled_image(model: WaveletDiffusion, dark: torch.Tensor, exposure: torch.T
                   generator: torch.Generator) -> torch.Tensor:
     """``model.enhance`` with gradients: Nx3xHxW dark in [0, 1] -> the enhanced image (not clamped).
 
-    WaveletDiffusion.sample, the path enhance() takes (the model's sampler settings, DRDS start at the
-    anchor, DDIM, HFRM details); ``exposure`` (N,) is the target brightness, in training the
+    WaveletDiffusion.sample then .refine, the path enhance() takes (the model's sampler settings, DRDS
+    start at the anchor, DDIM, HFRM details, the refiner if any); ``exposure`` (N,) is the target brightness, in training the
     ground truth's. tests/test_train.py checks that it matches enhance() exactly.
     """
-    return model.sample(dark, exposure, steps=model.config.steps, eta=model.config.eta, generator=generator)
+    image = model.sample(dark, exposure, steps=model.config.steps, eta=model.config.eta, generator=generator)
+    return model.refine(image, dark)
 
 
 class EMA:

@@ -45,6 +45,23 @@ def test_self_ensemble_averages_the_mirrored_runs(tiny_model):
         replace(tiny_model.config, ensemble=0).validate()
 
 
+def test_refiner_starts_as_the_identity_and_runs_once_after_the_ensemble():
+    torch.manual_seed(0)
+    plain = WaveletDiffusion(tiny_config()).eval()
+    refined = WaveletDiffusion(tiny_config(refiner={"width": 4, "blocks": 1})).eval()
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("refiner.") for k in missing)
+    x = torch.rand(1, 3, 16, 24) * 0.3
+    # Its last convolution starts at zero: a model grown with a refiner gives the old output.
+    assert torch.equal(refined.enhance(x, seed=5, ensemble=2), plain.enhance(x, seed=5, ensemble=2))
+    torch.nn.init.normal_(refined.refiner.head.weight, std=0.1)
+    out = refined.enhance(x, seed=5, ensemble=2)
+    assert not torch.allclose(out, plain.enhance(x, seed=5, ensemble=2))
+    average = plain.enhance(x, seed=5, ensemble=2)  # no clamping happens here: the outputs lie inside [0, 1]
+    assert 0 < average.min() and average.max() < 1
+    assert torch.allclose(out, refined.refiner(average, x).clamp(0, 1), atol=1e-6)
+
+
 def test_mirror_is_its_own_inverse():
     x = torch.arange(24.0).reshape(1, 1, 4, 6)
     for k in range(4):

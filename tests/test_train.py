@@ -285,10 +285,13 @@ def test_write_curve_copes_with_little_history(tmp_path):
         assert PILImage.open(tmp_path / "c.png").size == (720, 520)
 
 
-def test_sampled_image_is_enhance_with_gradients(tmp_path):
+@pytest.mark.parametrize("refiner", [None, {"width": 4, "blocks": 1}])
+def test_sampled_image_is_enhance_with_gradients(tmp_path, refiner):
     torch.manual_seed(0)
     cfg = tiny_cfg(tmp_path)
-    model = WaveletDiffusion(cfg.model).eval()
+    model = WaveletDiffusion(replace(cfg.model, refiner=refiner)).eval()
+    if refiner:
+        torch.nn.init.normal_(model.refiner.head.weight, std=0.1)  # not the identity it starts as
     dark = torch.rand(2, 3, 16, 16) * 0.3
     exposure = torch.tensor([0.4, 0.6])
     expected = model.enhance(dark, exposure=exposure, generator=torch.Generator().manual_seed(3))
@@ -337,8 +340,26 @@ def test_init_copies_matching_weights_and_train_only_freezes_the_rest(tmp_path):
     assert run_train(longer, data, resume=True)["step"] == 4
 
 
+def test_a_refiner_grows_on_a_trained_model_and_trains_alone(tmp_path):
+    base = tiny_cfg(tmp_path, "optim.max_steps=1")
+    data = load_training_data(base)
+    run_train(base, data)
+    trained = load_checkpoint(tmp_path / "run" / "last.pt")["ema_state_dict"]
+    grown = tiny_cfg(tmp_path, "optim.max_steps=2", f"out_dir={tmp_path / 'grown'}", f"init={tmp_path / 'run' / 'last.pt'}",
+                     "model.refiner={width: 4, blocks: 1}", "train_only=[refiner]", "train_sampler_every=1")
+    check_config(grown)
+    logs = []
+    run_train(grown, data, on_log=logs.append)
+    init = next(r for r in logs if "init" in r)
+    assert init["fresh"] and all(k.startswith("refiner.") for k in init["fresh"])
+    after = load_checkpoint(tmp_path / "grown" / "last.pt")["state_dict"]
+    assert all(torch.equal(after[k], v) for k, v in trained.items()), "all but the refiner stay as trained"
+    assert after["refiner.head.weight"].abs().sum() > 0, "the refiner learns (its head starts at zero)"
+
+
 @pytest.mark.parametrize("override, message", [
     ("train_only=[hfrm]", "train_only: no parameters under 'hfrm'; the model has"),
+    ("model.refiner={width: 4}", "model.refiner learns only from the sampled term"),
     ("init=nowhere.pt", "init checkpoint not found: nowhere.pt"),
     ("model.hfrm.scales=-1", "hfrm scales must be 0 or more"),
 ])

@@ -3,6 +3,7 @@
 from lldiff_cli.networks.anchor import AnchorNet
 from lldiff_cli.networks.exposure import ExposureNet
 from lldiff_cli.networks.hfrm import HFRM
+from lldiff_cli.networks.refiner import Refiner
 from lldiff_cli.networks.unet import UNet
 
-__all__ = ["UNet", "HFRM", "AnchorNet", "ExposureNet"]
+__all__ = ["UNet", "HFRM", "AnchorNet", "ExposureNet", "Refiner"]
