@@ -189,9 +189,8 @@ def check_config(cfg: TrainConfig, resume: bool = False) -> None:
         if not any(_under(name, prefix) for name in names):
             modules = sorted({name.split(".")[0] for name in names})
             raise LldiffError(f"train_only: no parameters under {prefix!r}; the model has {', '.join(modules)}")
-    trains_refiner = model.refiner is not None and (not cfg.train_only or any(
-        _under(name, prefix) for name in names if _under(name, "refiner") for prefix in cfg.train_only))
-    if trains_refiner and cfg.train_sampler_every == 0:
+    trained = [name for name in names if not cfg.train_only or any(_under(name, p) for p in cfg.train_only)]
+    if cfg.train_sampler_every == 0 and any(_under(name, "refiner") for name in trained):
         raise LldiffError("model.refiner learns only from the sampled term (the loss on the sampler's output): "
                           "set train_sampler_every to 1 or more, or leave the refiner out of train_only")
     multiple = model.multiple

@@ -240,7 +240,7 @@ def main() -> None:
         "size_mb": round(weights.stat().st_size / 2 ** 20, 2),
         "parameters": sum(p.numel() for p in model.parameters()),
         "architecture": {k: v for k, v in asdict(model.config).items()
-                         if k in ("levels", "unet", "hfrm", "anchor", "prediction")},
+                         if k in ("levels", "unet", "hfrm", "anchor", "refiner", "prediction")},
         "schedule": model.config.schedule,
         "sampler": {k: getattr(model.config, k) for k in ("steps", "eta", "spacing", "start_noise", "clip", "ensemble")},
         "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink},
