@@ -11,7 +11,7 @@ returns the image plus a learned correction:
       -> + skip -> residual block -> conv -> + image
 
 Its last convolution starts at zero, so a model grown with a refiner (``init=`` a checkpoint
-without one) starts out giving exactly the old model's output. Costs about 0.2 s per
+without one) starts out giving exactly the old model's output. Costs 0.1-0.3 s per
 600x400 image on 2 CPU cores at width 32 (model.WaveletDiffusion.refine runs it once, after
 the self-ensemble's average).
 """
