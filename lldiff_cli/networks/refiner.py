@@ -22,15 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class ResBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.gelu(self.conv1(x)))
+from lldiff_cli.networks.hfrm import ConvResBlock
 
 
 class Refiner(nn.Module):
@@ -39,11 +31,11 @@ class Refiner(nn.Module):
     def __init__(self, *, channels: int = 3, width: int = 32, blocks: int = 2):
         super().__init__()
         self.stem = nn.Conv2d(2 * channels, width, 3, padding=1)
-        self.full = ResBlock(width)
+        self.full = ConvResBlock(channels=width)
         self.down = nn.Conv2d(width, 2 * width, 2, stride=2)
-        self.coarse = nn.Sequential(*[ResBlock(2 * width) for _ in range(blocks)])
+        self.coarse = nn.Sequential(*[ConvResBlock(channels=2 * width) for _ in range(blocks)])
         self.up = nn.Conv2d(2 * width, 4 * width, 1)  # pixel shuffle: 4 * width -> width at twice the size
-        self.merge = ResBlock(width)
+        self.merge = ConvResBlock(channels=width)
         self.head = nn.Conv2d(width, channels, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
