@@ -360,6 +360,7 @@ def test_a_refiner_grows_on_a_trained_model_and_trains_alone(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("train_only=[hfrm]", "train_only: no parameters under 'hfrm'; the model has"),
     ("model.refiner={width: 4}", "model.refiner learns only from the sampled term"),
+    ("model.refiner={width: 0}", "refiner width must be 1 or more and blocks 0 or more, got 0 and 2"),
     ("init=nowhere.pt", "init checkpoint not found: nowhere.pt"),
     ("model.hfrm.scales=-1", "hfrm scales must be 0 or more"),
 ])

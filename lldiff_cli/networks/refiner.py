@@ -30,6 +30,8 @@ class Refiner(nn.Module):
 
     def __init__(self, *, channels: int = 3, width: int = 32, blocks: int = 2):
         super().__init__()
+        if width < 1 or blocks < 0:
+            raise ValueError(f"refiner width must be 1 or more and blocks 0 or more, got {width} and {blocks}")
         self.stem = nn.Conv2d(2 * channels, width, 3, padding=1)
         self.full = ConvResBlock(channels=width)
         self.down = nn.Conv2d(width, 2 * width, 2, stride=2)
