@@ -189,8 +189,8 @@ def check_config(cfg: TrainConfig, resume: bool = False) -> None:
         if not any(_under(name, prefix) for name in names):
             modules = sorted({name.split(".")[0] for name in names})
             raise LldiffError(f"train_only: no parameters under {prefix!r}; the model has {', '.join(modules)}")
-    trained = [name for name in names if not cfg.train_only or any(_under(name, p) for p in cfg.train_only)]
-    if cfg.train_sampler_every == 0 and any(_under(name, "refiner") for name in trained):
+    trains_refiner = any(_under(name, "refiner") and _trains(name, cfg.train_only) for name in names)
+    if trains_refiner and cfg.train_sampler_every == 0:
         raise LldiffError("model.refiner learns only from the sampled term (the loss on the sampler's output): "
                           "set train_sampler_every to 1 or more, or leave the refiner out of train_only")
     multiple = model.multiple
@@ -206,6 +206,11 @@ def check_config(cfg: TrainConfig, resume: bool = False) -> None:
 
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
+
+
+def _trains(name: str, train_only: list[str]) -> bool:
+    """Whether parameter ``name`` learns under ``train_only`` (its prefixes; empty: everything)."""
+    return not train_only or any(_under(name, prefix) for prefix in train_only)
 
 
 def initialise_from(model: nn.Module, path: Path) -> tuple[int, list[str]]:
@@ -480,8 +485,8 @@ def sampled_image(model: WaveletDiffusion, dark: torch.Tensor, exposure: torch.T
     """``model.enhance`` with gradients: Nx3xHxW dark in [0, 1] -> the enhanced image (not clamped).
 
     WaveletDiffusion.sample then .refine, the path enhance() takes (the model's sampler settings, DRDS
-    start at the anchor, DDIM, HFRM details, the refiner if any); ``exposure`` (N,) is the target brightness, in training the
-    ground truth's. tests/test_train.py checks that it matches enhance() exactly.
+    start at the anchor, DDIM, HFRM details, the refiner if any); ``exposure`` (N,) is the target
+    brightness, in training the ground truth's. tests/test_train.py checks that it matches enhance() exactly.
     """
     image = model.sample(dark, exposure, steps=model.config.steps, eta=model.config.eta, generator=generator)
     return model.refine(image, dark)
@@ -592,9 +597,8 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
     if cfg.init and not resume:  # a resumed run has its own weights
         copied, fresh = initialise_from(model, Path(cfg.init))
         init_record = {"step": 0, "init": cfg.init, "copied": copied, "fresh": fresh}
-    if cfg.train_only:
-        for name, param in model.named_parameters():
-            param.requires_grad_(any(_under(name, prefix) for prefix in cfg.train_only))
+    for name, param in model.named_parameters():
+        param.requires_grad_(_trains(name, cfg.train_only))
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     ema = EMA(model, cfg.optim.ema_decay)
