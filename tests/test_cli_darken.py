@@ -198,22 +198,21 @@ def test_bad_options_fail_clearly(tmp_path, args, message):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["darken", "--help"], ["synthesize-dark", "--help"]])
-def test_help_is_fast_and_does_not_import_torch(argv):
+def test_help_does_not_import_torch(argv):
+    """Help stays fast because it never imports torch (a wall-clock bound here would be flaky
+    on a loaded machine: the import is what takes the seconds)."""
     code = (
-        "import sys, time\n"
-        "start = time.perf_counter()\n"
+        "import sys\n"
         "from lldiff_cli.cli import app\n"
         "try:\n"
         f"    app({argv!r}, prog_name='lldiff')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print('SECONDS', time.perf_counter() - start, 'TORCH', 'torch' in sys.modules)\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "Usage" in done.stdout
-    seconds, torch_loaded = done.stdout.split("SECONDS")[1].split("TORCH")
-    assert torch_loaded.strip() == "False"
-    assert float(seconds) < 1.0
+    assert done.stdout.split("TORCH")[1].strip() == "False"
 
 
 def test_names_with_brackets_are_printed_as_they_are(tmp_path):
