@@ -1,0 +1,63 @@
+"""scripts/default_model.py sweep: which pairs it scores and the exposure prior it sweeps."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import load_script
+from PIL import Image
+
+from lldiff_cli.model import save_checkpoint
+
+default_model = load_script("scripts/default_model.py")
+NAMES = ["1", "2", "3", "4", "5"]
+
+
+@pytest.fixture
+def run(tmp_path, tiny_model):
+    """A run folder over 5 generated pairs: config.yaml, split.json holding out pair 3, best.pt."""
+    rng = np.random.default_rng(0)
+    for name in NAMES:
+        high = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        for folder, image in (("low", high // 8), ("high", high)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.fromarray(image).save(tmp_path / folder / f"{name}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"layout": "LOL", "low": str(tmp_path / "low"), "high": str(tmp_path / "high")}}))
+    (run / "split.json").write_text(json.dumps({"val": ["3"]}))
+    with torch.no_grad():  # an untrained model's output does not yet depend on the exposure
+        for param in tiny_model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    save_checkpoint(tiny_model, run / "best.pt")
+    return run
+
+
+def sweep(monkeypatch, capsys, run, *options):
+    monkeypatch.setattr(sys, "argv", ["default_model.py", "sweep", str(run), "--steps", "1", "--ensemble", "1",
+                                      *options])
+    default_model.main()
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_sweep_scores_held_out_or_training_pairs_at_each_prior(monkeypatch, capsys, run):
+    held_out = sweep(monkeypatch, capsys, run)
+    assert [r["n"] for r in held_out] == [1]
+    rows = sweep(monkeypatch, capsys, run, "--on", "training", "--exposure-prior", "0.2,0.6", "--exposure-shrink", "0")
+    assert [(r["n"], r["exposure_prior"]) for r in rows] == [(4, 0.2), (4, 0.6)]
+    assert rows[0]["psnr"] != rows[1]["psnr"]  # at shrink 0, auto exposure aims at the prior
+    every = sweep(monkeypatch, capsys, run, "--on", "training", "--every", "2", "--exposure-prior", "0.2")
+    assert every[0]["n"] == 2
+
+
+def test_ship_refuses_training_pairs_and_bad_values_are_one_line(monkeypatch, capsys, run):
+    monkeypatch.setattr(sys, "argv", ["default_model.py", "ship", str(run), "--on", "training"])
+    with pytest.raises(SystemExit, match="ship scores the held-out pairs"):
+        default_model.main()
+    monkeypatch.setattr(sys, "argv", ["default_model.py", "sweep", str(run), "--every", "0"])
+    with pytest.raises(SystemExit, match="--every must be at least 1"):
+        default_model.main()
