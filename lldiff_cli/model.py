@@ -143,12 +143,17 @@ class WaveletDiffusion(nn.Module):
     # --- pieces -------------------------------------------------------------------
 
     def estimate_exposure(self, dark_band: torch.Tensor) -> torch.Tensor:
-        """N estimates of the target mean grey level in (0, 1) (``--exposure auto``)."""
+        """N estimates of the target mean grey level in (0, 1) (``--exposure auto``).
+
+        Never below the input's own mean grey: auto exposure brightens dark images and leaves
+        an image that is already brighter than the target at its own brightness, not dimmed.
+        ``dark_band``: the scaled low band, whose mean is that of 2 * image - 1.
+        """
         estimate = self.exposure_net(dark_band)
         prior = self.config.exposure_prior
-        if prior is None:
-            return estimate
-        return prior + self.config.exposure_shrink * (estimate - prior)
+        if prior is not None:
+            estimate = prior + self.config.exposure_shrink * (estimate - prior)
+        return torch.maximum(estimate, (dark_band.mean(dim=(1, 2, 3)) + 1) / 2)
 
     @torch.no_grad()
     def auto_exposure(self, image: torch.Tensor, max_side: int = 600) -> torch.Tensor:

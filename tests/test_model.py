@@ -155,7 +155,7 @@ def test_checkpoint_with_wrong_weights_is_a_clear_error(tmp_path, tiny_model):
 def test_auto_exposure_shrinks_towards_the_prior(tiny_model):
     from dataclasses import replace
 
-    band = torch.rand(2, 3, 8, 8) * 2 - 1
+    band = torch.rand(2, 3, 8, 8) * 0.4 - 1  # dark: mean grey about 0.1
     raw = tiny_model.estimate_exposure(band)
     tiny_model.config = replace(tiny_model.config, exposure_prior=0.4, exposure_shrink=0.0)
     torch.testing.assert_close(tiny_model.estimate_exposure(band), torch.full((2,), 0.4))
@@ -163,6 +163,17 @@ def test_auto_exposure_shrinks_towards_the_prior(tiny_model):
     torch.testing.assert_close(tiny_model.estimate_exposure(band), 0.4 + 0.5 * (raw - 0.4))
     with pytest.raises(LldiffError, match="exposure_prior must be in"):
         replace(tiny_model.config, exposure_prior=1.5).validate()
+
+
+def test_auto_exposure_never_darkens_the_input(tiny_model):
+    """An image already brighter than the target keeps its own mean grey (enhance does not dim it)."""
+    from dataclasses import replace
+
+    tiny_model.config = replace(tiny_model.config, exposure_prior=0.4, exposure_shrink=0.0)
+    image = torch.cat([torch.full((1, 3, 16, 16), 0.1), torch.rand(1, 3, 16, 16) * 0.2 + 0.6])
+    torch.testing.assert_close(tiny_model.auto_exposure(image), torch.stack([torch.tensor(0.4), image[1].mean()]))
+    band = tiny_model.decompose(image)[0]
+    torch.testing.assert_close(tiny_model.estimate_exposure(band), tiny_model.auto_exposure(image))
 
 
 def test_hfrm_context_path_keeps_shapes_on_odd_bands():
