@@ -10,10 +10,11 @@ training images (training sees 128-pixel crops, inference whole images), with a 
 of log brightness, and records the mean estimate over the training images as the model's
 ``exposure_prior``; `sweep --exposure-shrink 0,0.5,1` then measures how far to trust the
 per-image estimate against that prior. The held-out images are not used for fitting. A prior
-chosen for the score rather than as the mean estimate is swept on training pairs, so that the
-held-out figures stay honest:
+chosen for the score rather than as the mean estimate, and the ensemble's exposure spread, are
+swept on training pairs, so that the held-out figures stay honest:
 
-    python scripts/default_model.py sweep runs/default --exposure-prior 0.42,0.44 --on training --every 5
+    python scripts/default_model.py sweep runs/default --exposure-prior 0.42,0.44 --exposure-spread 0,0.27 \
+        --on training --every 5
 `calibrate`, `sweep` and `ship` read the run's config.yaml (data layout and root) and
 split.json (the held-out names); `sweep` and `ship` enhance every held-out image with the
 checkpoint's EMA weights exactly as `lldiff enhance` does, and score it with lldiff_cli.metrics
@@ -162,6 +163,8 @@ def main() -> None:
     parser.add_argument("--ensemble", default=None, help="mirrored copies averaged: 1, 2 or 4")
     parser.add_argument("--exposure-shrink", default=None, help="auto exposure = prior + shrink * (estimate - prior)")
     parser.add_argument("--exposure-prior", default=None, help="the mean grey that auto exposure aims at")
+    parser.add_argument("--exposure-spread", default=None,
+                        help="the ensemble's copies render at exposure x (1 +- spread)")
     parser.add_argument("--on", choices=["held-out", "training"], default="held-out",
                         help="sweep: score the held-out pairs or the training pairs")
     parser.add_argument("--every", type=int, default=1, help="score every N-th pair")
@@ -205,17 +208,19 @@ def main() -> None:
     grid = list(itertools.product(values(args.steps, int), values(args.eta, float),
                                   values(args.start_noise, float), values(args.spacing, str),
                                   values(args.exposure_shrink, float), values(args.exposure_prior, float),
-                                  values(args.ensemble, int)))
+                                  values(args.exposure_spread, float), values(args.ensemble, int)))
     if args.action == "ship" and len(grid) != 1:
         sys.exit("ship takes one value per sampler option")
     results = []
-    for steps, eta, start_noise, spacing, shrink, prior, ensemble in grid:
+    for steps, eta, start_noise, spacing, shrink, prior, spread, ensemble in grid:
         model = sampler_model(payload, steps=steps, eta=eta, start_noise=start_noise, spacing=spacing,
-                              exposure_shrink=shrink, exposure_prior=prior, ensemble=ensemble)
+                              exposure_shrink=shrink, exposure_prior=prior, exposure_spread=spread,
+                              ensemble=ensemble)
         c = model.config
         result = {"steps": c.steps, "eta": c.eta, "start_noise": c.start_noise, "spacing": c.spacing,
                   "ensemble": c.ensemble,
                   "exposure_shrink": c.exposure_shrink, "exposure_prior": c.exposure_prior,
+                  "exposure_spread": c.exposure_spread,
                   **score(model, pairs, EnhanceSettings())}
         results.append(result)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
@@ -256,7 +261,8 @@ def main() -> None:
                          if k in ("levels", "unet", "hfrm", "anchor", "refiner", "prediction")},
         "schedule": model.config.schedule,
         "sampler": {k: getattr(model.config, k) for k in ("steps", "eta", "spacing", "start_noise", "clip", "ensemble")},
-        "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink},
+        "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink,
+                          "spread": model.config.exposure_spread},
         "training": {
             "data": f"LOL our485 ({cfg['data'].get('layout')}), {len(json.loads((args.run / 'split.json').read_text())['val'])} "
                     f"pairs held out in blocks of {cfg['data'].get('val_block')} consecutive names",

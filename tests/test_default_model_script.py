@@ -52,6 +52,8 @@ def test_sweep_scores_held_out_or_training_pairs_at_each_prior(monkeypatch, caps
     assert rows[0]["psnr"] != rows[1]["psnr"]  # at shrink 0, auto exposure aims at the prior
     every = sweep(monkeypatch, capsys, run, "--on", "training", "--every", "2", "--exposure-prior", "0.2")
     assert every[0]["n"] == 2
+    spread = sweep(monkeypatch, capsys, run, "--ensemble", "2", "--exposure-spread", "0,0.3")
+    assert [r["exposure_spread"] for r in spread] == [0.0, 0.3] and spread[0]["psnr"] != spread[1]["psnr"]
 
 
 def test_ship_refuses_training_pairs_and_bad_values_are_one_line(monkeypatch, capsys, run):

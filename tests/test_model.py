@@ -45,6 +45,29 @@ def test_self_ensemble_averages_the_mirrored_runs(tiny_model):
         replace(tiny_model.config, ensemble=0).validate()
 
 
+def test_exposure_spread_renders_each_copy_at_its_own_brightness(tiny_model):
+    """exposure_spread s: copy k of n renders at exposure * (1 + s * (2k - (n - 1)) / (n - 1))."""
+    with torch.no_grad():  # an untrained model's output does not yet depend on the exposure
+        for param in tiny_model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    x = torch.rand(1, 3, 16, 24) * 0.3
+    unspread = {n: tiny_model.enhance(x, seed=5, ensemble=n, exposure=0.4) for n in (1, 4)}
+    tiny_model.config = replace(tiny_model.config, exposure_spread=0.3)
+    steps, eta = tiny_model.config.steps, tiny_model.config.eta
+    for ratios in ([0.7, 0.9, 1.1, 1.3], [0.7, 1.3]):
+        gen = torch.Generator().manual_seed(5)
+        runs = [mirror(tiny_model.sample(mirror(x, k), torch.tensor([0.4 * r]), steps=steps, eta=eta, generator=gen),
+                       k) for k, r in enumerate(ratios)]
+        out = tiny_model.enhance(x, seed=5, ensemble=len(ratios), exposure=0.4)
+        assert torch.allclose(out, (sum(runs) / len(runs)).clamp(0, 1), atol=1e-6)
+    assert not torch.allclose(tiny_model.enhance(x, seed=5, ensemble=4, exposure=0.4), unspread[4])
+    # one copy renders at the target itself
+    assert torch.equal(tiny_model.enhance(x, seed=5, ensemble=1, exposure=0.4), unspread[1])
+    for bad in (-0.1, 1.0):
+        with pytest.raises(LldiffError, match="exposure_spread must be in"):
+            replace(tiny_model.config, exposure_spread=bad).validate()
+
+
 def test_refiner_starts_as_the_identity_and_runs_once_after_the_ensemble():
     torch.manual_seed(0)
     plain = WaveletDiffusion(tiny_config()).eval()
