@@ -11,6 +11,8 @@ Data path of ``enhance`` (DiffLL, Jiang et al. 2023, with AnlightenDiff's anchor
       detail bands of each level, coarse to fine
         -> HFRM, guided by the restored and the dark low band of that level
     -> inverse DWT -> [0, 1]
+    (once per self-ensemble copy: mirrored, and with ``exposure_spread`` at its own brightness
+     around the target; the copies are averaged)
     -> Refiner (optional): a small full-resolution network's correction of the finished image,
        run once after the self-ensemble's average
 
