@@ -260,9 +260,9 @@ def main() -> None:
         "architecture": {k: v for k, v in asdict(model.config).items()
                          if k in ("levels", "unet", "hfrm", "anchor", "refiner", "prediction")},
         "schedule": model.config.schedule,
-        "sampler": {k: getattr(model.config, k) for k in ("steps", "eta", "spacing", "start_noise", "clip", "ensemble")},
-        "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink,
-                          "spread": model.config.exposure_spread},
+        "sampler": {k: getattr(model.config, k)
+                    for k in ("steps", "eta", "spacing", "start_noise", "clip", "ensemble", "exposure_spread")},
+        "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink},
         "training": {
             "data": f"LOL our485 ({cfg['data'].get('layout')}), {len(json.loads((args.run / 'split.json').read_text())['val'])} "
                     f"pairs held out in blocks of {cfg['data'].get('val_block')} consecutive names",

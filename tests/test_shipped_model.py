@@ -27,7 +27,9 @@ def test_card_describes_the_weights():
         assert card["training"].get(key) is not None, key
     model = load_model()  # checks the sha256 and loads strictly
     assert sum(p.numel() for p in model.parameters()) == card["parameters"]
-    assert model.config.steps == card["sampler"]["steps"]
+    for key, value in card["sampler"].items():  # the card's settings are the ones enhance uses
+        assert getattr(model.config, key) == value, key
+    assert card["auto_exposure"] == {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink}
 
 
 def test_default_model_brightens_a_dark_photo_from_the_cli(tmp_path, monkeypatch):
