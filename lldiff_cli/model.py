@@ -66,7 +66,8 @@ class ModelConfig:
     exposure_shrink: float = 1.0
     # The self-ensemble's copies render around the target brightness, copy k of n at
     # exposure * (1 + spread * (2k - (n - 1)) / (n - 1)); their mean hedges a brightness the
-    # dark image does not reveal (a lower expected squared error than one brightness). 0: all at it.
+    # dark image does not reveal, and averages out errors that differ with the brightness.
+    # 0: every copy at the target.
     exposure_spread: float = 0.0
     schedule: dict = field(default_factory=lambda: {"kind": "linear", "timesteps": 1000,
                                                     "beta_start": 1e-4, "beta_end": 0.02})

@@ -26,6 +26,16 @@ def tiny_model():
     return WaveletDiffusion(tiny_config()).eval()
 
 
+@pytest.fixture
+def exposure_aware_model(tiny_model):
+    """tiny_model with every weight nudged: an untrained model's output does not yet depend on
+    the exposure it is asked for (its conditioning starts at zero)."""
+    with torch.no_grad():
+        for param in tiny_model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return tiny_model
+
+
 def load_script(relative: str):
     """A script of the repository that is not part of the package (benchmarks/, scripts/) as a module."""
     path = Path(__file__).resolve().parent.parent / relative

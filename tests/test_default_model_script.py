@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from conftest import load_script
 from PIL import Image
@@ -17,7 +16,7 @@ NAMES = ["1", "2", "3", "4", "5"]
 
 
 @pytest.fixture
-def run(tmp_path, tiny_model):
+def run(tmp_path, exposure_aware_model):
     """A run folder over 5 generated pairs: config.yaml, split.json holding out pair 3, best.pt."""
     rng = np.random.default_rng(0)
     for name in NAMES:
@@ -30,10 +29,7 @@ def run(tmp_path, tiny_model):
     (run / "config.yaml").write_text(yaml.safe_dump(
         {"data": {"layout": "LOL", "low": str(tmp_path / "low"), "high": str(tmp_path / "high")}}))
     (run / "split.json").write_text(json.dumps({"val": ["3"]}))
-    with torch.no_grad():  # an untrained model's output does not yet depend on the exposure
-        for param in tiny_model.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    save_checkpoint(tiny_model, run / "best.pt")
+    save_checkpoint(exposure_aware_model, run / "best.pt")
     return run
 
 

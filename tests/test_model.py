@@ -45,11 +45,9 @@ def test_self_ensemble_averages_the_mirrored_runs(tiny_model):
         replace(tiny_model.config, ensemble=0).validate()
 
 
-def test_exposure_spread_renders_each_copy_at_its_own_brightness(tiny_model):
+def test_exposure_spread_renders_each_copy_at_its_own_brightness(exposure_aware_model):
     """exposure_spread s: copy k of n renders at exposure * (1 + s * (2k - (n - 1)) / (n - 1))."""
-    with torch.no_grad():  # an untrained model's output does not yet depend on the exposure
-        for param in tiny_model.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    tiny_model = exposure_aware_model
     x = torch.rand(1, 3, 16, 24) * 0.3
     unspread = {n: tiny_model.enhance(x, seed=5, ensemble=n, exposure=0.4) for n in (1, 4)}
     tiny_model.config = replace(tiny_model.config, exposure_spread=0.3)
