@@ -239,10 +239,12 @@ class WaveletDiffusion(nn.Module):
             e = torch.as_tensor(exposure, dtype=dark.dtype, device=dark.device).reshape(-1).expand(n)
             if not ((e > 0) & (e < 1)).all():
                 raise LldiffError(f"exposure must be in (0, 1), got {exposure}")
+        # Near white the spread narrows, so that the copies stay at most 1 and centred on e.
+        spread = torch.clamp(1 / e - 1, max=cfg.exposure_spread)
         total = 0
         for k in range(ensemble):  # one copy at a time: memory stays that of a single run
             offset = (2 * k - (ensemble - 1)) / (ensemble - 1) if ensemble > 1 else 0.0
-            e_k = (e * (1 + cfg.exposure_spread * offset)).clamp(max=1.0)
+            e_k = e * (1 + spread * offset)
             total = total + mirror(self.sample(mirror(dark, k), e_k, steps=steps, eta=eta, generator=generator), k)
         return self.refine(total / ensemble, dark).clamp(0, 1)
 

@@ -59,6 +59,13 @@ def test_exposure_spread_renders_each_copy_at_its_own_brightness(exposure_aware_
         out = tiny_model.enhance(x, seed=5, ensemble=len(ratios), exposure=0.4)
         assert torch.allclose(out, (sum(runs) / len(runs)).clamp(0, 1), atol=1e-6)
     assert not torch.allclose(tiny_model.enhance(x, seed=5, ensemble=4, exposure=0.4), unspread[4])
+    # near white the spread narrows so that the brightest copy stays at 1 and the mean at the target
+    gen = torch.Generator().manual_seed(5)
+    e = torch.tensor([0.9])
+    runs = [mirror(tiny_model.sample(mirror(x, k), e_k, steps=steps, eta=eta, generator=gen), k)
+            for k, e_k in enumerate([e * (1 - (1 / e - 1)), e * (1 + (1 / e - 1))])]  # 0.8 and 1
+    assert torch.allclose(tiny_model.enhance(x, seed=5, ensemble=2, exposure=0.9), (sum(runs) / 2).clamp(0, 1),
+                          atol=1e-6)
     # one copy renders at the target itself
     assert torch.equal(tiny_model.enhance(x, seed=5, ensemble=1, exposure=0.4), unspread[1])
     for bad in (-0.1, 1.0):
