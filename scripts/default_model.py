@@ -203,7 +203,10 @@ def main() -> None:
     pairs = pairs[:: args.every][: args.limit or None]
 
     def values(text, cast):
-        return [None] if text is None else [cast(v) for v in text.split(",")]
+        try:
+            return [None] if text is None else [cast(v) for v in text.split(",")]
+        except ValueError:
+            sys.exit(f"not a comma-separated list of {cast.__name__} values: {text!r}")
 
     grid = list(itertools.product(values(args.steps, int), values(args.eta, float),
                                   values(args.start_noise, float), values(args.spacing, str),

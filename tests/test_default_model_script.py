@@ -59,3 +59,6 @@ def test_ship_refuses_training_pairs_and_bad_values_are_one_line(monkeypatch, ca
     monkeypatch.setattr(sys, "argv", ["default_model.py", "sweep", str(run), "--every", "0"])
     with pytest.raises(SystemExit, match="--every must be at least 1"):
         default_model.main()
+    monkeypatch.setattr(sys, "argv", ["default_model.py", "sweep", str(run), "--exposure-spread", "0,abc"])
+    with pytest.raises(SystemExit, match="not a comma-separated list of float values: '0,abc'"):
+        default_model.main()
