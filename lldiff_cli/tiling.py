@@ -4,7 +4,9 @@
 the model's multiple (reflecting the border) and crops back; above ``max_pixels`` it cuts
 the image into overlapping tiles, enhances each, and blends the overlaps with linear ramps,
 so memory stays bounded whatever the photo's size. The exposure is estimated once on a
-downscaled copy of the whole image, so every tile is lifted to the same brightness.
+downscaled copy of the whole image. The model renders whatever it is given at the mean grey
+it is asked for, so each tile is asked for its share of it (:func:`tile_exposure`): a dark
+corner stays darker than a lit one, as in the whole image.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ import torch.nn.functional as F
 MAX_BAND_PIXELS = 25_000
 BAND_TILE = 160
 DEFAULT_OVERLAP = 64
+# A tile's target brightness: exposure * (tile mean / image mean) ** TILE_EXPOSURE_POWER. The
+# model's output brightness grows more slowly than its input's (noise floor, tone curve), so
+# the power is below 1. On 10 held-out LOL images cut into 256-pixel tiles (2 steps, 1 copy),
+# PSNR to the untiled output was 24.4 dB with one exposure for every tile, 29.9 / 31.4 / 32.5 /
+# 32.9 / 32.2 dB with powers 1 / 0.5 / 0.6 / 0.7 / 0.8.
+TILE_EXPOSURE_POWER = 0.7
 
 
 def default_max_pixels(levels: int) -> int:
@@ -33,6 +41,14 @@ def default_max_pixels(levels: int) -> int:
 
 def default_tile(levels: int) -> int:
     return BAND_TILE * 2 ** levels
+
+
+def tile_exposure(exposure: float, tile: torch.Tensor, image_mean: float) -> float:
+    """The target mean grey for one tile of an image whose target is ``exposure``."""
+    if image_mean <= 1e-6:
+        return exposure
+    share = (float(tile.mean()) / image_mean) ** TILE_EXPOSURE_POWER
+    return min(0.99, max(0.01, exposure * share))
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -90,6 +106,7 @@ def enhance_tensor(model, image: torch.Tensor, *, tile: Optional[int] = None, ov
     overlap = min(overlap, tile // 2)
     if exposure is None and hasattr(model, "auto_exposure"):
         exposure = float(model.auto_exposure(image))
+    image_mean = float(image.mean())
     out = torch.zeros(image.shape[0], 3, h, w)
     weight = torch.zeros(1, 1, h, w)
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
@@ -98,7 +115,9 @@ def enhance_tensor(model, image: torch.Tensor, *, tile: Optional[int] = None, ov
         chunk = grid[first:first + batch_size]
         pieces = [image[..., ys[i]:ys[i] + tile, xs[j]:xs[j] + tile] for i, j in chunk]
         padded, size = pad_to_multiple(torch.cat(pieces), m)
-        results = unpad(model.enhance(padded, exposure=exposure, **kwargs), size).float().cpu()
+        targets = None if exposure is None else torch.tensor(
+            [tile_exposure(exposure, piece, image_mean) for piece in pieces], device=image.device)
+        results = unpad(model.enhance(padded, exposure=targets, **kwargs), size).float().cpu()
         th, tw = size
         for (i, j), result in zip(chunk, results):
             y, x = ys[i], xs[j]

@@ -1,6 +1,6 @@
 import torch
 
-from lldiff_cli.tiling import enhance_tensor, pad_to_multiple, tile_starts, unpad
+from lldiff_cli.tiling import TILE_EXPOSURE_POWER, enhance_tensor, pad_to_multiple, tile_starts, unpad
 
 
 class Identity:
@@ -71,7 +71,40 @@ def test_max_pixels_triggers_tiling():
     assert all(s[-1] <= 32 and s[-2] <= 32 for s in model.calls)
 
 
-def test_tiled_real_model_uses_one_exposure(tiny_model):
+class Recorder(Identity):
+    """Records the exposure each call is given; auto exposure is 0.4."""
+
+    def __init__(self):
+        super().__init__()
+        self.exposures = []
+
+    def auto_exposure(self, image):
+        return torch.tensor([0.4])
+
+    def enhance(self, x, exposure=None, **kwargs):
+        self.exposures.append(exposure)
+        return super().enhance(x)
+
+
+def test_each_tile_is_asked_for_its_share_of_the_brightness():
+    """The model renders a tile at the mean grey it is given, so a tile darker than the image
+    gets a lower target: exposure * (tile mean / image mean) ** TILE_EXPOSURE_POWER."""
+    x = torch.cat([torch.full((1, 3, 32, 32), 0.05), torch.full((1, 3, 32, 32), 0.2)], dim=-1)
+    for given in (None, 0.3):
+        model = Recorder()
+        enhance_tensor(model, x, tile=32, overlap=0, exposure=given)
+        e = 0.4 if given is None else given
+        expected = [e * (m / 0.125) ** TILE_EXPOSURE_POWER for m in (0.05, 0.2)]
+        torch.testing.assert_close(torch.cat(model.exposures), torch.tensor(expected))
+    batched = Recorder()
+    enhance_tensor(batched, x, tile=32, overlap=0, batch_size=2)
+    torch.testing.assert_close(batched.exposures[0], torch.cat(model.exposures) / 0.3 * 0.4)
+    black = Recorder()  # a black image: every tile at the image's target
+    enhance_tensor(black, torch.zeros(1, 3, 32, 64), tile=32, overlap=0, exposure=0.3)
+    torch.testing.assert_close(torch.cat(black.exposures), torch.tensor([0.3, 0.3]))
+
+
+def test_tiled_real_model_runs(tiny_model):
     x = torch.rand(1, 3, 40, 56) * 0.3
     out = enhance_tensor(tiny_model, x, tile=24, overlap=8, seed=0)
     assert out.shape == x.shape and torch.isfinite(out).all()
