@@ -52,15 +52,16 @@ from lldiff_cli.model import DEFAULT_MODEL_NAME, WaveletDiffusion, load_checkpoi
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_pairs(run: Path, held_out: bool = True) -> tuple[list, dict]:
-    """(name, low, high) tensors of the run's held-out pairs (or of its training pairs)."""
+def run_pairs(run: Path, held_out: bool = True, every: int = 1, limit: int = 0) -> tuple[list, dict]:
+    """(name, low, high) tensors of the run's held-out pairs (or of its training pairs): every
+    ``every``-th, the first ``limit`` of those (0: all); only those are read."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     data = cfg["data"]
     if data.get("low") and data.get("high"):
         low_dir, high_dir = Path(data["low"]), Path(data["high"])
     else:
         low_dir, high_dir = layout_dirs(data["layout"], Path(data["root"]), data.get("split", "train"))
-    pairs = run_split(paired_folders(low_dir, high_dir).pairs, run, held_out)
+    pairs = run_split(paired_folders(low_dir, high_dir).pairs, run, held_out)[::every][: limit or None]
     loaded = [(p.name, read_image(p.low).rgb, read_image(p.high).rgb) for p in pairs]
     return loaded, cfg
 
@@ -199,8 +200,7 @@ def main() -> None:
         sys.exit("--every must be at least 1 and --limit at least 0")
     if args.action == "ship" and args.on != "held-out":
         sys.exit("ship scores the held-out pairs: the card's validation is measured on them")
-    pairs, cfg = run_pairs(args.run, held_out=args.on == "held-out")
-    pairs = pairs[:: args.every][: args.limit or None]
+    pairs, cfg = run_pairs(args.run, args.on == "held-out", args.every, args.limit)
 
     def values(text, cast):
         try:
