@@ -251,3 +251,16 @@ def test_gated_hfrm_starts_almost_shut_and_passes_clean_detail_when_open():
     assert model.enhance(torch.rand(1, 3, 32, 48) * 0.2).shape == (1, 3, 32, 48)
     dark, bright = torch.rand(2, 3, 32, 32) * 0.2, torch.rand(2, 3, 32, 32)
     assert all(torch.isfinite(v) for v in model.train().loss(dark, bright).values())
+
+
+def test_unet_self_attention_matches_the_written_out_formula():
+    from lldiff_cli.networks.unet import SelfAttention
+
+    torch.manual_seed(0)
+    attn = SelfAttention(channels=8, heads=2)
+    torch.nn.init.normal_(attn.proj.weight)  # the projection starts at zero: open it
+    x = torch.randn(2, 8, 3, 5)
+    q, k, v = attn.qkv(attn.norm(x)).reshape(2, 3, 2, 4, 15).unbind(1)  # N x heads x dims x tokens
+    weights = torch.softmax(q.transpose(-1, -2) @ k / 4 ** 0.5, dim=-1)  # N x heads x tokens x tokens
+    expected = x + attn.proj((weights @ v.transpose(-1, -2)).transpose(-1, -2).reshape(2, 8, 3, 5))
+    assert torch.allclose(attn(x), expected, atol=1e-5)
