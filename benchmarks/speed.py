@@ -3,6 +3,7 @@
     python benchmarks/speed.py                       # shipped default model, CPU (or GPU when present)
     python benchmarks/speed.py --model runs/x/best.pt --sizes 600x400 --repeats 5
     python benchmarks/speed.py --no-flush-denormal   # what denormal flushing buys
+    python benchmarks/speed.py --precision float32   # what bfloat16 buys (auto: bfloat16 where the CPU has it)
 
 Each (model, size) runs in a fresh subprocess, so peak memory (max RSS on the CPU,
 max allocated on CUDA) belongs to that measurement alone. Rows: the default model at its
@@ -26,11 +27,12 @@ def measure(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from lldiff_cli.device import pick_device
+    from lldiff_cli.device import pick_device, pick_precision
     from lldiff_cli.enhance import EnhanceSettings, enhance_image
     from lldiff_cli.model import WaveletDiffusion, load_model
 
     device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
     if args.no_flush_denormal:
         torch.set_flush_denormal(False)
     if args.threads:
@@ -41,10 +43,12 @@ def measure(args: argparse.Namespace) -> dict:
 
         model = WaveletDiffusion(replace(model.config, levels=args.levels)).eval()
     model = model.to(device)
+    if precision == "float16":
+        model = model.half()
     w, h = (int(v) for v in args.size.split("x"))
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, h, w, generator=gen) * 0.25
-    settings = EnhanceSettings(steps=args.steps, ensemble=args.ensemble)
+    settings = EnhanceSettings(steps=args.steps, ensemble=args.ensemble, precision=precision)
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -60,7 +64,7 @@ def measure(args: argparse.Namespace) -> dict:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"device": str(device), "size": args.size, "levels": model.config.levels,
             "steps": args.steps or model.config.steps, "ensemble": args.ensemble or model.config.ensemble,
-            "seconds": statistics.median(times[1:]),
+            "precision": precision, "seconds": statistics.median(times[1:]),
             "peak_mb": peak / 2 ** 20, "threads": torch.get_num_threads(),
             "flush_denormal": not args.no_flush_denormal}
 
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--ensemble", type=int, default=None, help="mirrored copies averaged (default: the model's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto, float32, bfloat16 or float16 (CUDA), as lldiff enhance's")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-flush-denormal", action="store_true")
     parser.add_argument("--skip-levels0", action="store_true", help="only the model as shipped")
@@ -89,7 +94,7 @@ def main() -> None:
     for levels in variants:
         for size in args.sizes.split(","):
             cmd = [sys.executable, __file__, "--_one", "--size", size, "--repeats", str(args.repeats),
-                   "--device", args.device, "--threads", str(args.threads)]
+                   "--device", args.device, "--precision", args.precision, "--threads", str(args.threads)]
             for flag, value in (("--model", args.model), ("--steps", args.steps), ("--ensemble", args.ensemble),
                                 ("--levels", levels)):
                 if value is not None:
@@ -102,7 +107,7 @@ def main() -> None:
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{row['device']:>5}  levels={row['levels']}  steps={row['steps']}  ensemble={row['ensemble']}  {row['size']:>10}  "
+            print(f"{row['device']:>5}  levels={row['levels']}  steps={row['steps']}  ensemble={row['ensemble']}  {row['precision']:>8}  {row['size']:>10}  "
                   f"{row['seconds']:7.3f} s/image  peak {row['peak_mb']:8.0f} MB  "
                   f"(threads {row['threads']}, flush_denormal {row['flush_denormal']})", flush=True)
     if args.json:

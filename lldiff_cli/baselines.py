@@ -123,8 +123,9 @@ def _parse_gamma(spec: str) -> float:
     return g
 
 
-def make_method(spec: str, device: torch.device | str = "cpu") -> Method:
-    """The method a ``--method`` value names (see the module doc); a clear error otherwise."""
+def make_method(spec: str, device: torch.device | str = "cpu", precision: str = "auto") -> Method:
+    """The method a ``--method`` value names (see the module doc); a clear error otherwise.
+    ``precision`` (see device.pick_precision) applies to model methods only."""
     key = spec.strip()
     low = key.lower()
     if low == "identity":
@@ -139,25 +140,29 @@ def make_method(spec: str, device: torch.device | str = "cpu") -> Method:
     if low == "msrcr":
         return Method("msrcr", _numpy_method(msrcr))
     if low == "default" or Path(key).suffix.lower() in _MODEL_SUFFIXES:
-        return _model_method(key, device)
+        return _model_method(key, device, precision)
     if low == "gamma":
         raise LldiffError("bad method 'gamma': give the exponent, e.g. gamma:0.25")
     raise LldiffError(f"unknown method {spec!r}; allowed: default, a checkpoint path "
                       f"(.pt, .pth, .yaml), {', '.join(BASELINES)}")
 
 
-def _model_method(spec: str, device: torch.device | str) -> Method:
+def _model_method(spec: str, device: torch.device | str, precision: str) -> Method:
     """The diffusion model (``lldiff_cli.model.load_model``), run as ``lldiff enhance`` runs it:
     padded or tiled by ``enhance.enhance_image``, the model's own steps, eta and exposure
     estimate, seed 0, so a score is reproducible."""
     if spec.lower() != "default" and not Path(spec).is_file():
         raise LldiffError(f"method {spec!r}: no such checkpoint file")
+    from lldiff_cli.device import pick_precision
     from lldiff_cli.enhance import EnhanceSettings, enhance_image
     from lldiff_cli.model import load_model
 
     device = torch.device(device)
+    precision = pick_precision(precision, device)
     path = None if spec.lower() == "default" else Path(spec)
     net = load_model(path, map_location=device).to(device)
-    settings = EnhanceSettings()
+    if precision == "float16":
+        net = net.half()
+    settings = EnhanceSettings(precision=precision)
     name = "default" if path is None else path.stem
     return Method(name, lambda low: enhance_image(net, low, settings, device))

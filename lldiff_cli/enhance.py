@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
+from lldiff_cli.device import pick_precision
 from lldiff_cli.images import Image, list_images, output_path, write_image
 from lldiff_cli.tiling import DEFAULT_OVERLAP, enhance_tensor
 
@@ -25,17 +26,18 @@ class EnhanceSettings:
     tile: Optional[int] = None
     overlap: int = DEFAULT_OVERLAP
     max_pixels: Optional[int] = None   # None: the model's default bound (tiling.default_max_pixels)
-    half: bool = False
+    precision: str = "auto"            # see device.pick_precision; float16 needs a model cast by .half()
     batch_size: int = 1                # tiles per forward pass
     ensemble: Optional[int] = None     # mirrored copies averaged; None: the model's default
 
 
 def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device: torch.device) -> torch.Tensor:
     """1x3xHxW [0, 1] (any device) -> enhanced 1x3xHxW [0, 1] on the CPU."""
+    precision = pick_precision(settings.precision, device)
     x = image.to(device)
-    if settings.half:
+    if precision == "float16":
         x = x.half()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
         out = enhance_tensor(model, x, tile=settings.tile, overlap=settings.overlap,
                              max_pixels=settings.max_pixels, exposure=settings.exposure, batch_size=settings.batch_size,
                              steps=settings.steps, eta=settings.eta, seed=settings.seed, ensemble=settings.ensemble)

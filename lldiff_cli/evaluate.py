@@ -238,7 +238,7 @@ def evaluate(
 
 
 def protocol(dataset: Dataset, metrics: Sequence[str], *, split: str | None = None,
-             lpips_weights: Sequence[str] = (), device: str = "cpu") -> dict:
+             lpips_weights: Sequence[str] = (), device: str = "cpu", precision: str = "float32") -> dict:
     """What was scored and how: recorded in every JSON result so numbers can be compared."""
     import cv2
 
@@ -261,6 +261,7 @@ def protocol(dataset: Dataset, metrics: Sequence[str], *, split: str | None = No
                           "and exposure estimate, seed 0",
         "niqe_model": "MATLAB NIQE release modelparameters.mat (via BasicSR 1.4.2 niqe_pris_params.npz)",
         "device": str(device),
+        "precision": precision,
         "versions": {
             "lldiff": lldiff_cli.__version__,
             "python": platform.python_version(),

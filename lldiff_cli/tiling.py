@@ -22,8 +22,8 @@ import torch.nn.functional as F
 # them. Above this many band pixels an image is tiled, in tiles of this many band pixels a side:
 # at the default model (levels 2) that is 0.4 megapixels (a LOL image, 600x400, is not tiled)
 # and 640-pixel tiles; for pixel-space diffusion (levels 0) 25,000 pixels and 160-pixel tiles.
-# Measured on 2 CPU cores: one 1920x1080 image untiled took 40 s, in 640-pixel tiles it takes
-# about a quarter of that (benchmarks/speed.py).
+# Measured on 2 CPU cores in float32: one 1920x1080 image untiled took 20 s and 2.2 GB, in
+# 640-pixel tiles 16 s and 0.8 GB (a scratch run of enhance_image; benchmarks/speed.py for tiled).
 MAX_BAND_PIXELS = 25_000
 BAND_TILE = 160
 DEFAULT_OVERLAP = 64

@@ -44,6 +44,7 @@ import yaml
 from lldiff_cli import metrics as M
 from lldiff_cli.atomic import atomic_write
 from lldiff_cli.data import layout_dirs, paired_folders, run_split
+from lldiff_cli.device import pick_precision
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import read_image
@@ -105,6 +106,17 @@ def score(model: WaveletDiffusion, pairs, settings: EnhanceSettings) -> dict:
         rows["psnr_gtmean"].append(M.psnr_gtmean(out8, high8))
         rows["ssim_gtmean"].append(M.ssim_gtmean(out8, high8))
     return {k: sum(v) / len(v) for k, v in rows.items()} | {"n": len(pairs)}
+
+
+def same_payload(path: Path, ship: dict) -> bool:
+    """Whether ``path`` already holds ``ship`` (format, config, every tensor): torch.save writes
+    different bytes for the same tensors, and each rewrite would add the whole file to git."""
+    if not path.is_file():
+        return False
+    old = torch.load(path, map_location="cpu", weights_only=False)
+    mine, theirs = ship["state_dict"], old.get("state_dict", {})
+    return (old.get("format") == ship["format"] and old.get("config") == ship["config"]
+            and mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine))
 
 
 def sampler_model(payload: dict, **sampler) -> WaveletDiffusion:
@@ -170,6 +182,8 @@ def main() -> None:
                         help="sweep: score the held-out pairs or the training pairs")
     parser.add_argument("--every", type=int, default=1, help="score every N-th pair")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
+    parser.add_argument("--precision", default="auto",
+                        help="auto (as lldiff enhance: bfloat16 on a CPU that has it), float32 or bfloat16")
     parser.add_argument("--notes", default="", help="ship: free text for the card (what was tried)")
     parser.add_argument("--wall-hours", type=float, default=None,
                         help="ship: training wall time in hours, all stages (the log does not record pauses)")
@@ -214,6 +228,7 @@ def main() -> None:
                                   values(args.exposure_spread, float), values(args.ensemble, int)))
     if args.action == "ship" and len(grid) != 1:
         sys.exit("ship takes one value per sampler option")
+    precision = pick_precision(args.precision, torch.device("cpu"))
     results = []
     for steps, eta, start_noise, spacing, shrink, prior, spread, ensemble in grid:
         model = sampler_model(payload, steps=steps, eta=eta, start_noise=start_noise, spacing=spacing,
@@ -224,7 +239,7 @@ def main() -> None:
                   "ensemble": c.ensemble,
                   "exposure_shrink": c.exposure_shrink, "exposure_prior": c.exposure_prior,
                   "exposure_spread": c.exposure_spread,
-                  **score(model, pairs, EnhanceSettings())}
+                  "precision": precision, **score(model, pairs, EnhanceSettings(precision=precision))}
         results.append(result)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
     if args.action == "sweep":
@@ -238,8 +253,11 @@ def main() -> None:
     previous = yaml.safe_load(card_path.read_text()) if card_path.is_file() else {}
     ship = {"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict()}
     models.mkdir(exist_ok=True)
-    with atomic_write(weights) as tmp:
-        torch.save(ship, tmp)
+    if same_payload(weights, ship):  # re-shipped for the card alone: keep the file and its sha256
+        print(f"{weights}: the same weights and config; left as is")
+    else:
+        with atomic_write(weights) as tmp:
+            torch.save(ship, tmp)
     history = payload.get("history", [])
     stages = [stage(args.stage or str(args.run), payload.get("step"), cfg)]
     init, inherited = cfg.get("init"), []

@@ -72,6 +72,17 @@ def test_enhance_self_ensemble_changes_the_output(tmp_path, checkpoint, dark_fol
     assert a.shape == b.shape and not torch.equal(a, b)
 
 
+def test_enhance_precision_float32_and_bfloat16_agree(tmp_path, checkpoint, dark_folder):
+    outs = {}
+    for precision in ("float32", "bfloat16"):
+        result = lldiff("enhance", dark_folder, tmp_path / precision, "--model", checkpoint, "--quiet",
+                        "--precision", precision)
+        assert result.exit_code == 1  # broken.jpg
+        outs[precision] = np.asarray(PILImage.open(tmp_path / precision / "a.png"), dtype=float)
+    difference = np.abs(outs["float32"] - outs["bfloat16"])
+    assert 0 < difference.max() and difference.mean() < 2  # bfloat16 really ran, and stayed close
+
+
 def test_enhance_tiles_and_format_and_exposure(tmp_path, checkpoint, dark_folder):
     result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--quiet",
                     "--tile", "16", "--overlap", "4", "--batch-size", "2", "--format", "webp", "--exposure", "0.4")
@@ -83,7 +94,8 @@ def test_enhance_tiles_and_format_and_exposure(tmp_path, checkpoint, dark_folder
     (["--exposure", "bright"], "--exposure must be 'auto' or a number"),
     (["--exposure", "1.5"], "--exposure must be in (0, 1)"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--half", "--device", "cpu"], "--half needs CUDA"),
+    (["--precision", "float16", "--device", "cpu"], "--precision float16 needs CUDA"),
+    (["--precision", "double"], "unknown precision 'double'"),
     (["--ensemble", "3"], "--ensemble must be one of 1, 2, 4, got 3"),
 ])
 def test_enhance_bad_options_are_one_line(tmp_path, checkpoint, dark_folder, args, message):

@@ -62,3 +62,17 @@ def test_ship_refuses_training_pairs_and_bad_values_are_one_line(monkeypatch, ca
     monkeypatch.setattr(sys, "argv", ["default_model.py", "sweep", str(run), "--exposure-spread", "0,abc"])
     with pytest.raises(SystemExit, match="not a comma-separated list of float values: '0,abc'"):
         default_model.main()
+
+
+def test_ship_keeps_a_weights_file_that_holds_the_same_payload(tmp_path, exposure_aware_model):
+    import torch
+
+    ship = {"format": 1, "config": {"levels": 2}, "state_dict": exposure_aware_model.state_dict()}
+    path = tmp_path / "w.pt"
+    assert not default_model.same_payload(path, ship)
+    torch.save(ship, path)
+    assert default_model.same_payload(path, ship)
+    assert not default_model.same_payload(path, ship | {"config": {"levels": 1}})
+    changed = {k: v.clone() for k, v in ship["state_dict"].items()}
+    next(iter(changed.values())).add_(1)
+    assert not default_model.same_payload(path, ship | {"state_dict": changed})
