@@ -28,7 +28,7 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from lldiff_cli.device import pick_device, pick_precision
-    from lldiff_cli.enhance import EnhanceSettings, enhance_image
+    from lldiff_cli.enhance import EnhanceSettings, enhance_image, in_precision
     from lldiff_cli.model import WaveletDiffusion, load_model
 
     device = pick_device(args.device)
@@ -42,9 +42,7 @@ def measure(args: argparse.Namespace) -> dict:
         from dataclasses import replace
 
         model = WaveletDiffusion(replace(model.config, levels=args.levels)).eval()
-    model = model.to(device)
-    if precision == "float16":
-        model = model.half()
+    model = in_precision(model.to(device), precision)
     w, h = (int(v) for v in args.size.split("x"))
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, h, w, generator=gen) * 0.25

@@ -154,15 +154,13 @@ def _model_method(spec: str, device: torch.device | str, precision: str) -> Meth
     if spec.lower() != "default" and not Path(spec).is_file():
         raise LldiffError(f"method {spec!r}: no such checkpoint file")
     from lldiff_cli.device import pick_precision
-    from lldiff_cli.enhance import EnhanceSettings, enhance_image
+    from lldiff_cli.enhance import EnhanceSettings, enhance_image, in_precision
     from lldiff_cli.model import load_model
 
     device = torch.device(device)
     precision = pick_precision(precision, device)
     path = None if spec.lower() == "default" else Path(spec)
-    net = load_model(path, map_location=device).to(device)
-    if precision == "float16":
-        net = net.half()
+    net = in_precision(load_model(path, map_location=device).to(device), precision)
     settings = EnhanceSettings(precision=precision)
     name = "default" if path is None else path.stem
     return Method(name, lambda low: enhance_image(net, low, settings, device))

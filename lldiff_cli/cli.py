@@ -228,7 +228,7 @@ def enhance(
     with user_errors():
         from lldiff_cli.device import pick_device, pick_precision
         from lldiff_cli.batch import prepare_output_dir
-        from lldiff_cli.enhance import EnhanceSettings, enhance_folder
+        from lldiff_cli.enhance import EnhanceSettings, enhance_folder, in_precision
         from lldiff_cli.errors import LldiffError
         from lldiff_cli.images import list_images
         from lldiff_cli.model import check_ensemble, load_model
@@ -247,9 +247,7 @@ def enhance(
         precision = pick_precision(precision, dev)
         files = list_images(in_dir, recursive)
         prepare_output_dir(in_dir, out_dir)  # a bad output folder fails before the model loads
-        net = load_model(model, map_location=dev).to(dev)
-        if precision == "float16":
-            net = net.half()
+        net = in_precision(load_model(model, map_location=dev).to(dev), precision)
         settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap,
                                    precision=precision, batch_size=batch_size, ensemble=ensemble)
         with batch_progress(len(files), "enhance", quiet) as on_item:

@@ -57,9 +57,10 @@ def pick_precision(name: str, device: torch.device) -> str:
     """The number format a model runs in on ``device``: ``auto`` is bfloat16 autocast on a CPU
     with native bfloat16, float32 elsewhere; the others are checked against the device.
 
-    On 2 cores with AVX-512 BF16, bfloat16 ran the shipped model 1.5x faster (0.96 -> 0.63 s per
-    600x400 image) and scored 21.593 dB / 0.8238 on the 40 held-out LOL pairs against 21.596 /
-    0.8241 in float32 (benchmarks/speed.py --precision, scripts/default_model.py sweep)."""
+    On 2 cores with AVX-512 BF16, bfloat16 ran the shipped model 1.4x faster (0.94 -> 0.67 s per
+    600x400 image; 1920x1080 16.2 -> 10.2 s) and scored 21.593 dB / 0.8238 on the 40 held-out LOL
+    pairs against 21.596 / 0.8241 in float32 (benchmarks/speed.py --precision, scripts/default_model.py
+    sweep --precision). float16 casts the weights (:func:`enhance.in_precision`)."""
     if name not in PRECISIONS:
         raise LldiffError(f"unknown precision {name!r}; allowed: {', '.join(PRECISIONS)}")
     if name == "auto":

@@ -26,9 +26,15 @@ class EnhanceSettings:
     tile: Optional[int] = None
     overlap: int = DEFAULT_OVERLAP
     max_pixels: Optional[int] = None   # None: the model's default bound (tiling.default_max_pixels)
-    precision: str = "auto"            # see device.pick_precision; float16 needs a model cast by .half()
+    precision: str = "auto"            # see device.pick_precision; float16 needs in_precision(model)
     batch_size: int = 1                # tiles per forward pass
     ensemble: Optional[int] = None     # mirrored copies averaged; None: the model's default
+
+
+def in_precision(model, precision: str):
+    """The model as ``precision`` (a :func:`device.pick_precision` result) runs it: float16 casts
+    the weights; bfloat16 keeps float32 weights and autocasts in :func:`enhance_image`."""
+    return model.half() if precision == "float16" else model
 
 
 def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device: torch.device) -> torch.Tensor:
