@@ -464,7 +464,9 @@ def train(
             line = (f"initialised from {record['init']}: {record['copied']} tensors copied, {len(fresh)} new"
                     + (f" ({', '.join(sorted({'.'.join(k.split('.')[:3]) for k in fresh}))})" if fresh else ""))
         elif "val_psnr" in record:
-            line = f"step {record['step']}: validation PSNR {record['val_psnr']:.2f} dB (best {record['best_psnr']:.2f})"
+            line = (f"step {record['step']}: validation PSNR {record['val_psnr']:.2f} dB (best {record['best_psnr']:.2f})"
+                    + (f"; pairs {record['val_psnr_pairs']:.2f}, darkened photos {record['val_psnr_photos']:.2f}"
+                       if "val_psnr_photos" in record else ""))
         else:
             progress.update(task, loss=f"loss {record['loss']:.4g}")
             line = f"step {record['step']}: " + " ".join(

@@ -694,7 +694,8 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
                 if on_log:
                     on_log(last)
             if data.val_pairs and (step % cfg.val_every == 0 or step == cfg.optim.max_steps):
-                psnr = validate(cfg.model, ema.state, data.val_pairs, device, limit=cfg.val_images)
+                scores = validate(cfg.model, ema.state, data.val_pairs, device, limit=cfg.val_images)
+                psnr = sum(scores) / len(scores)
                 history.append({"step": step, "val_psnr": psnr})
                 last = {**last, "step": step, "val_psnr": psnr}
                 if psnr > best_psnr:
@@ -702,7 +703,8 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
                     checkpoint("best.pt")
                 write_curve(history, out / "curve.png")
                 if on_log:
-                    on_log({"step": step, "val_psnr": psnr, "best_psnr": best_psnr})
+                    on_log({"step": step, "val_psnr": psnr, "best_psnr": best_psnr,
+                            **val_groups(data.val_names, scores)})
             if step % cfg.ckpt_every == 0:
                 checkpoint("last.pt")
     finally:
@@ -716,8 +718,8 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
 
 
 @torch.no_grad()
-def validate(model_cfg: ModelConfig, state: dict, pairs, device: torch.device, limit: int = 0) -> float:
-    """Mean PSNR (8-bit RGB) of the EMA model, default sampler settings, over held-out pairs."""
+def validate(model_cfg: ModelConfig, state: dict, pairs, device: torch.device, limit: int = 0) -> list[float]:
+    """PSNR (8-bit RGB) of the EMA model, default sampler settings, on each held-out pair."""
     from lldiff_cli.metrics import psnr
     from lldiff_cli.tiling import enhance_tensor
 
@@ -728,7 +730,18 @@ def validate(model_cfg: ModelConfig, state: dict, pairs, device: torch.device, l
     for low, high in pairs[: limit or None]:
         out = enhance_tensor(model, low[None].float().div(255).to(device), seed=0)
         scores.append(psnr(out.cpu(), high[None].float().div(255)))
-    return float(sum(scores) / len(scores))
+    return scores
+
+
+def val_groups(names: list[str], scores: list[float]) -> dict:
+    """Mean PSNR of the real held-out pairs and of the darkened held-out photos, when there are
+    both (``val_psnr`` mixes them): {"val_psnr_pairs": ..., "val_psnr_photos": ...}, else {}."""
+    groups: dict[str, list[float]] = {}
+    for name, score in zip(names, scores):
+        groups.setdefault("photos" if name.startswith("photos/") else "pairs", []).append(score)
+    if len(groups) < 2:
+        return {}
+    return {f"val_psnr_{k}": sum(v) / len(v) for k, v in sorted(groups.items())}
 
 
 # --- the curve ------------------------------------------------------------------------

@@ -279,6 +279,16 @@ def test_logs_validation_curve_and_best_checkpoint(tmp_path):
         assert im.format == "PNG" and im.size == (720, 520)
 
 
+def test_validation_reports_pairs_and_darkened_photos_apart():
+    from lldiff_cli.train import val_groups
+
+    names, scores = ["1", "2", "photos/a", "photos/b", "photos/c"], [20.0, 22.0, 10.0, 11.0, 15.0]
+    assert val_groups(names, scores) == {"val_psnr_pairs": 21.0, "val_psnr_photos": 12.0}
+    assert val_groups(names[:2], scores[:2]) == {}  # one kind alone: val_psnr says it
+    assert val_groups(names[2:], scores[2:]) == {}
+    assert val_groups(names, scores[:3]) == {"val_psnr_pairs": 21.0, "val_psnr_photos": 10.0}  # val_images cut
+
+
 def test_write_curve_copes_with_little_history(tmp_path):
     for history in ([], [{"step": 1, "loss": 0.5}], [{"step": 3, "val_psnr": 12.0}]):
         write_curve(history, tmp_path / "c.png")
