@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--ensemble", type=int, default=None, help="mirrored copies averaged (default: the model's)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", help="auto, float32, bfloat16 or float16 (CUDA), as lldiff enhance's")
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="as lldiff enhance's (float16: CUDA only)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-flush-denormal", action="store_true")
     parser.add_argument("--skip-levels0", action="store_true", help="only the model as shipped")
