@@ -68,6 +68,8 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    from lldiff_cli.device import PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="card or checkpoint (default: the shipped model)")
     parser.add_argument("--sizes", default="600x400,1920x1080,4000x3000")
@@ -75,7 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--ensemble", type=int, default=None, help="mirrored copies averaged (default: the model's)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="as lldiff enhance's (float16: CUDA only)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-flush-denormal", action="store_true")
