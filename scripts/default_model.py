@@ -4,6 +4,8 @@
     python scripts/default_model.py sweep runs/default --checkpoint calibrated.pt --steps 1,2,4,8 --start-noise 0,1
     python scripts/default_model.py ship runs/default --checkpoint calibrated.pt --steps 4 --eta 0
     python scripts/default_model.py keep runs/default                     # -> models/train-state/default
+    python scripts/default_model.py merge runs/ft --checkpoint last.pt --base runs/default/best.pt \
+        --mix hfrms=1,refiner=1,unet=0.3                                   # -> runs/ft/merged.pt
 
 `calibrate` refits only the exposure estimator (``--exposure auto``) of the EMA weights on whole
 training images (training sees 128-pixel crops, inference whole images), with a squared error
@@ -24,6 +26,10 @@ models/lldiff-default.pt (EMA weights and config only) and its card models/lldif
 curve.png) to models/train-state/default, with the optimiser's moments stored in bfloat16 so
 the repository stays small (the optimiser loads them back as float32; a resumed run then
 differs from an uninterrupted one by that rounding only).
+`merge` averages a fine-tune's EMA weights with the weights it started from, module by module
+(`--mix module=w`: w of the fine-tune, 0 for a module not named), so that a fine-tune can lend
+what it learned to some modules only; `ship` then takes the merged file like any checkpoint.
+A merge trains nothing, so the file records 0 steps and the card's stages count none for it.
 """
 
 from __future__ import annotations
@@ -158,6 +164,31 @@ def keep(run: Path, dest: Path) -> None:
           f"lldiff train -c runs/default/config.yaml --resume optim.max_steps=N")
 
 
+def merge(base: WaveletDiffusion, tuned: WaveletDiffusion, mix: dict[str, float]) -> dict:
+    """The state dict whose tensors in each top-level module are (1 - w) * base + w * tuned,
+    w = ``mix``'s weight for the module (0 when not named). The two models share an architecture."""
+    modules = sorted(name for name, _ in base.named_children())
+    for name, w in mix.items():
+        if name not in modules:
+            raise LldiffError(f"--mix: the model has no module {name!r} (it has {', '.join(modules)})")
+        if not 0 <= w <= 1:
+            raise LldiffError(f"--mix: {name}={w} is not a weight in [0, 1]")
+    mine, theirs = base.state_dict(), tuned.state_dict()
+    if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in theirs.items()}:
+        raise LldiffError("--base and the run's checkpoint are not the same architecture")
+    return {k: torch.lerp(v, theirs[k], mix.get(k.split(".")[0], 0.0)) if v.is_floating_point() else v
+            for k, v in mine.items()}
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """'hfrms=1,unet=0.3' -> {'hfrms': 1.0, 'unet': 0.3}."""
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {name.strip(): float(w) for name, w in pairs}
+    except ValueError:
+        raise LldiffError(f"--mix takes module=weight pairs separated by commas, got {text!r}") from None
+
+
 def stage(run: str, steps, train_config: dict) -> dict:
     """One entry of the card's training.stages: a run, its steps, and what it started from."""
     return {"run": run, "steps": steps, "init": train_config.get("init") or None,
@@ -166,7 +197,7 @@ def stage(run: str, steps, train_config: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["calibrate", "sweep", "ship", "keep"])
+    parser.add_argument("action", choices=["calibrate", "sweep", "ship", "keep", "merge"])
     parser.add_argument("run", type=Path)
     parser.add_argument("--checkpoint", default="best.pt")
     parser.add_argument("--steps", default=None)
@@ -189,6 +220,8 @@ def main() -> None:
                         help="ship: training wall time in hours, all stages (the log does not record pauses)")
     parser.add_argument("--stage", default=None, help="ship: this run's entry in the card's stages (default: its folder)")
     parser.add_argument("--hardware", default=None, help="ship: where it was trained (default: this machine)")
+    parser.add_argument("--base", type=Path, default=None, help="merge: the weights the run started from")
+    parser.add_argument("--mix", default="", help="merge: module=w pairs, w the run's share (e.g. hfrms=1,unet=0.3)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     if args.action == "keep":
@@ -196,6 +229,18 @@ def main() -> None:
         return
     ckpt = args.run / args.checkpoint
     payload = load_checkpoint(ckpt)
+    if args.action == "merge":
+        if args.base is None:
+            sys.exit("merge needs --base, the weights the run started from")
+        tuned = model_from_checkpoint(payload, source=str(ckpt))
+        merged = merge(model_from_checkpoint(load_checkpoint(args.base), source=str(args.base)), tuned,
+                       parse_mix(args.mix))
+        out = args.run / "merged.pt"
+        with atomic_write(out) as tmp:
+            torch.save({"format": payload["format"], "config": asdict(tuned.config), "state_dict": merged, "step": 0,
+                        "merged": {"base": str(args.base), "checkpoint": args.checkpoint, "mix": args.mix}}, tmp)
+        print(f"wrote {out}")
+        return
     if args.action == "calibrate":
         model = model_from_checkpoint(payload)
         train_pairs, _ = run_pairs(args.run, held_out=False)

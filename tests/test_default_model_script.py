@@ -76,3 +76,37 @@ def test_ship_keeps_a_weights_file_that_holds_the_same_payload(tmp_path, exposur
     changed = {k: v.clone() for k, v in ship["state_dict"].items()}
     next(iter(changed.values())).add_(1)
     assert not default_model.same_payload(path, ship | {"state_dict": changed})
+
+
+def test_merge_takes_each_module_from_its_mix_and_writes_a_checkpoint(monkeypatch, capsys, run):
+    import torch
+    from conftest import tiny_config
+
+    from lldiff_cli.errors import LldiffError
+    from lldiff_cli.model import WaveletDiffusion, load_checkpoint, model_from_checkpoint
+
+    tuned = model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    torch.manual_seed(1)
+    base_model = WaveletDiffusion(tiny_config())  # other weights, the same architecture
+    base = run.parent / "base.pt"
+    save_checkpoint(base_model, base)
+    monkeypatch.setattr(sys, "argv", ["default_model.py", "merge", str(run), "--base", str(base),
+                                      "--mix", "hfrms=1,unet=0.5"])
+    default_model.main()
+    payload = load_checkpoint(run / "merged.pt")
+    assert payload["step"] == 0 and payload["merged"]["mix"] == "hfrms=1,unet=0.5"
+    merged = model_from_checkpoint(payload).state_dict()
+    mine, theirs = base_model.state_dict(), tuned.state_dict()
+    for key, value in merged.items():
+        module = key.split(".")[0]
+        expected = {"hfrms": theirs[key], "unet": (mine[key] + theirs[key]) / 2}.get(module, mine[key])
+        assert torch.allclose(value, expected, atol=1e-6), key
+    assert any(not torch.equal(mine[k], theirs[k]) for k in mine if k.startswith(("hfrms.", "unet.")))
+
+    for mix, message in (("bogus=1", "no module 'bogus'"), ("hfrms=1.5", "not a weight in"),
+                         ("hfrms", "module=weight pairs")):
+        with pytest.raises(LldiffError, match=message):
+            default_model.merge(base_model, tuned, default_model.parse_mix(mix))
+    monkeypatch.setattr(sys, "argv", ["default_model.py", "merge", str(run), "--mix", "hfrms=1"])
+    with pytest.raises(SystemExit, match="merge needs --base"):
+        default_model.main()
