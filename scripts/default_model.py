@@ -227,11 +227,11 @@ def main() -> None:
     if args.action == "keep":
         keep(args.run, ROOT / "models" / "train-state" / "default")
         return
+    if args.action == "merge" and args.base is None:
+        sys.exit("merge needs --base, the weights the run started from")
     ckpt = args.run / args.checkpoint
     payload = load_checkpoint(ckpt)
     if args.action == "merge":
-        if args.base is None:
-            sys.exit("merge needs --base, the weights the run started from")
         tuned = model_from_checkpoint(payload, source=str(ckpt))
         merged = merge(model_from_checkpoint(load_checkpoint(args.base), source=str(args.base)), tuned,
                        parse_mix(args.mix))

@@ -78,7 +78,7 @@ def test_ship_keeps_a_weights_file_that_holds_the_same_payload(tmp_path, exposur
     assert not default_model.same_payload(path, ship | {"state_dict": changed})
 
 
-def test_merge_takes_each_module_from_its_mix_and_writes_a_checkpoint(monkeypatch, capsys, run):
+def test_merge_takes_each_module_from_its_mix_and_writes_a_checkpoint(monkeypatch, run):
     import torch
     from conftest import tiny_config
 
