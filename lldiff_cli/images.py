@@ -5,7 +5,8 @@ Every image inside lldiff is a float32 RGB tensor of shape 1x3xHxW with values i
 
 * reading applies the EXIF orientation, expands greyscale / palette / CMYK to RGB,
   keeps an alpha channel apart (1x1xHxW, [0, 1]) and remembers the bit depth
-  (8 or 16) so a 16-bit input can be written back as 16-bit;
+  (8 or 16) and whether the file was greyscale, so that an output can be written
+  back as 16-bit, and as greyscale;
 * writing goes to a temporary name in the target folder and is renamed into place,
   so a killed run never leaves a half-written image behind.
 
@@ -42,11 +43,13 @@ class Image:
     rgb: float32 tensor 1x3xHxW in [0, 1].
     alpha: float32 tensor 1x1xHxW in [0, 1], or None when the file has none.
     bit_depth: 8 or 16, the depth of the stored samples.
+    grey: the file held one colour channel (rgb holds it three times).
     """
 
     rgb: torch.Tensor
     alpha: torch.Tensor | None = None
     bit_depth: int = 8
+    grey: bool = False
 
     @property
     def size(self) -> tuple[int, int]:
@@ -149,6 +152,8 @@ def _is_sixteen_bit(path: Path, im) -> bool:
 
 
 def _pil_to_array(im) -> np.ndarray:
+    if im.mode in ("LA", "La"):
+        return np.asarray(im.convert("LA"))
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         return np.asarray(im.convert("RGBA"))
     if im.mode in ("1", "L"):
@@ -179,9 +184,10 @@ def _to_image(array: np.ndarray, bit_depth: int) -> Image:
     if channels in (2, 4):
         alpha = data[:, -1:].contiguous()
         data = data[:, :-1]
-    if data.shape[1] == 1:
+    grey = data.shape[1] == 1
+    if grey:
         data = data.expand(-1, 3, -1, -1)
-    return Image(rgb=data.contiguous(), alpha=alpha, bit_depth=bit_depth)
+    return Image(rgb=data.contiguous(), alpha=alpha, bit_depth=bit_depth, grey=grey)
 
 
 def to_uint8(rgb: torch.Tensor) -> np.ndarray:
@@ -193,11 +199,12 @@ def to_uint8(rgb: torch.Tensor) -> np.ndarray:
 
 
 def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None,
-                bit_depth: int = 8) -> None:
+                bit_depth: int = 8, grey: bool = False) -> None:
     """Write ``rgb`` (1x3xHxW in [0, 1]) atomically; the format follows the extension.
 
     Alpha is kept for PNG, TIFF and WebP and dropped elsewhere. ``bit_depth=16``
     writes 16-bit samples for PNG and TIFF and falls back to 8 bits for the others.
+    ``grey=True`` writes one channel, the mean of R, G and B (WebP stores it as RGB).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -206,6 +213,8 @@ def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None
                           f"allowed: {', '.join(IMAGE_EXTENSIONS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     planes = rgb[0] if rgb.dim() == 4 else rgb
+    if grey:
+        planes = planes.mean(dim=0, keepdim=True)
     if alpha is not None and suffix in _ALPHA_FORMATS:
         a = alpha[0] if alpha.dim() == 4 else alpha
         planes = torch.cat([planes, a], dim=0)
@@ -221,8 +230,8 @@ def _write8(tmp: str, planes: torch.Tensor, suffix: str) -> None:
 
     arr = planes.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
     arr = arr.permute(1, 2, 0).cpu().numpy()
-    mode = "RGBA" if arr.shape[2] == 4 else "RGB"
-    im = PILImage.fromarray(arr, mode)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
+    im = PILImage.fromarray(arr[:, :, 0] if mode == "L" else arr, mode)
     options = {}
     if suffix in (".jpg", ".jpeg"):
         options = {"quality": 95, "subsampling": 0}
@@ -240,7 +249,12 @@ def _write16(tmp: str, planes: torch.Tensor) -> None:
 
     arr = planes.detach().float().clamp(0, 1).mul(65535).round().to(torch.int32)
     arr = arr.permute(1, 2, 0).cpu().numpy().astype(np.uint16)
-    arr = arr[:, :, [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[:, :, ::-1]
+    if arr.shape[2] == 2:  # OpenCV writes no grey + alpha: grey three times, then alpha
+        arr = arr[:, :, [0, 0, 0, 1]]
+    if arr.shape[2] == 3:
+        arr = arr[:, :, ::-1]
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, [2, 1, 0, 3]]
     if not cv2.imwrite(tmp, np.ascontiguousarray(arr)):
         raise LldiffError(f"OpenCV could not write {tmp}")
 

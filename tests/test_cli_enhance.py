@@ -123,3 +123,17 @@ def test_enhance_with_a_corrupt_model_file(tmp_path, dark_folder):
     bad.write_bytes(b"\x00" * 10)
     result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", bad)
     assert result.exit_code == 2 and "bad.pt" in result.output and "Traceback" not in result.output
+
+
+def test_enhance_writes_a_greyscale_photo_back_as_greyscale(tmp_path, checkpoint):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "ir"
+    root.mkdir()
+    PILImage.fromarray(rng.integers(0, 60, (20, 28), dtype=np.uint8), "L").save(root / "night.png")
+    PILImage.fromarray(rng.integers(0, 60, (20, 28), dtype=np.uint8), "L").save(root / "cam.jpg")
+    result = lldiff("enhance", root, tmp_path / "out", "--model", checkpoint, "--quiet")
+    assert result.exit_code == 0, result.output
+    for name in ("night.png", "cam.jpg"):
+        out = PILImage.open(tmp_path / "out" / name)
+        assert out.mode == "L" and out.size == (28, 20)
+    assert read_image(tmp_path / "out" / "night.png").grey

@@ -216,3 +216,44 @@ def test_output_path_mirrors_and_changes_format():
     assert output_path(Path("out"), Path("a.png"), ".TIFF") == Path("out/a.tif")
     with pytest.raises(LldiffError, match="allowed"):
         output_path(Path("out"), Path("a.png"), "gif")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".webp", ".bmp"])
+def test_grey_is_remembered_and_written_back_as_one_channel(tmp_path, suffix):
+    data = RNG.integers(0, 256, (5, 7), dtype=np.uint8)
+    PILImage.fromarray(data, "L").save(tmp_path / "g.png")
+    im = read_image(tmp_path / "g.png")
+    assert im.grey and not read_image_rgb(tmp_path).grey
+    tinted = im.rgb.clone()
+    tinted[:, 0] += 0.03  # a model's output of a grey input need not be exactly grey
+    write_image(tmp_path / f"out{suffix}", tinted, grey=True)
+    back = PILImage.open(tmp_path / f"out{suffix}")
+    if suffix == ".webp":  # WebP has no grey mode: three equal channels
+        channels = np.asarray(back)
+        assert back.mode == "RGB" and (channels == channels[:, :, :1]).all()
+        back = back.convert("L")
+    assert back.mode == "L"
+    if suffix != ".jpg":  # lossless: the grey level is the mean of the three channels
+        expected = np.round(tinted[0].mean(0).clamp(0, 1).numpy() * 255)
+        np.testing.assert_array_equal(np.asarray(back), expected)
+
+
+def test_grey_with_alpha_and_16bit_grey_are_written_back_grey(tmp_path):
+    data = RNG.integers(0, 256, (6, 4, 2), dtype=np.uint8)
+    PILImage.fromarray(data, "LA").save(tmp_path / "la.png")
+    im = read_image(tmp_path / "la.png")
+    assert im.grey and im.alpha is not None
+    write_image(tmp_path / "la_out.png", im.rgb, im.alpha, grey=True)
+    np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / "la_out.png")), data)
+
+    deep = RNG.integers(0, 65536, (5, 7), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "g16.png"), deep)
+    im = read_image(tmp_path / "g16.png")
+    assert im.grey and im.bit_depth == 16
+    write_image(tmp_path / "g16_out.png", im.rgb, bit_depth=16, grey=True)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "g16_out.png"), cv2.IMREAD_UNCHANGED), deep)
+
+
+def read_image_rgb(folder):
+    PILImage.fromarray(rgb8()).save(folder / "rgb.png")
+    return read_image(folder / "rgb.png")
