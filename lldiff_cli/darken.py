@@ -309,12 +309,13 @@ def make_record(settings: DarkenSettings, rel: Path, ext: str) -> dict:
 
 
 def render(image: Image, record: dict) -> dict[str, torch.Tensor]:
-    """Apply a manifest record to a decoded source: {relative output path: 1x3xHxW}.
+    """Apply a manifest record to a decoded source: {relative output path: 1xCxHxW}.
 
     The same function serves a first run and a rebuild, so both give the same pixels.
-    Steps are the noise-free chain; its last step is the low image before noise.
+    Steps are the noise-free chain; its last step is the low image before noise. A greyscale
+    source is darkened as one channel (C = 1), so its sensor noise is a mono sensor's.
     """
-    x, p = image.rgb, record["params"]
+    x, p = (image.rgb[:, :1] if image.grey else image.rgb), record["params"]
     alpha, beta, gamma = ((p["alpha"], p["beta"], p["gamma"]) if record["mode"] == "lv"
                           else (1.0, p["factor"], 1.0))  # dimming is Lv with gamma = 1
     results = {record["high"]: x}
@@ -443,7 +444,7 @@ def write_dataset(src_dir: Path, out_dir: Path, records: list[dict], *, overwrit
         def process(rel: Path, image: Image) -> None:
             record = by_rel[rel]
             for name, tensor in render(image, record).items():
-                write_image(out_dir / name, tensor, image.alpha, image.bit_depth)
+                write_image(out_dir / name, tensor, image.alpha, image.bit_depth, grey=image.grey)
             manifest.add(record)
 
         return run_batch(src_dir, list(by_rel), is_done=is_done, process=process,

@@ -204,7 +204,8 @@ def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None
 
     Alpha is kept for PNG, TIFF and WebP and dropped elsewhere. ``bit_depth=16``
     writes 16-bit samples for PNG and TIFF and falls back to 8 bits for the others.
-    ``grey=True`` writes one channel, the mean of R, G and B (WebP stores it as RGB).
+    ``grey=True`` writes one channel, the mean of R, G and B (WebP stores it as RGB); ``rgb``
+    may then hold that one channel already (1x1xHxW).
     """
     path = Path(path)
     suffix = path.suffix.lower()

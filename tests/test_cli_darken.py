@@ -223,3 +223,16 @@ def test_names_with_brackets_are_printed_as_they_are(tmp_path):
     assert result.exit_code == 1 and "failed IMG [night].jpg" in result.output
     result = lldiff("darken", tmp_path / "gone [y]", tmp_path / "out")
     assert result.exit_code == 2 and "gone [y]" in error_line(result)
+
+
+def test_a_greyscale_source_stays_greyscale_with_mono_sensor_noise(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    PILImage.fromarray(np.full((32, 32), 160, dtype=np.uint8), "L").save(src / "ir.png")
+    args = ["-q", "--noise", "--progressive", "--steps", "3", "--seed", "1"]
+    assert lldiff("darken", src, tmp_path / "one", *args).exit_code == 0
+    for name in ["low/ir.png", "high/ir.png", "steps/ir_t01.png"]:
+        assert PILImage.open(tmp_path / "one" / name).mode == "L", name
+    result = lldiff("darken", src, tmp_path / "two", "-q", "--from-manifest", tmp_path / "one/manifest.jsonl")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "one/low/ir.png").read_bytes() == (tmp_path / "two/low/ir.png").read_bytes()

@@ -285,3 +285,16 @@ def test_sixteen_bit_and_alpha_survive(tmp_path):
         np.testing.assert_array_equal(back[:, :, 3], data[:, :, 3])
     high = cv2.imread(str(tmp_path / "out/high/a.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(high, data)
+
+
+def test_render_darkens_a_greyscale_source_as_one_channel():
+    from lldiff_cli.images import Image
+
+    settings = dk.DarkenSettings(noise=dk.NoiseRanges(), seed=3)
+    record = dk.make_record(settings, Path("a.png"), ".png")
+    grey = torch.full((1, 1, 8, 8), 0.6).expand(-1, 3, -1, -1)
+    outputs = dk.render(Image(rgb=grey, grey=True), record)
+    assert {tuple(t.shape) for t in outputs.values()} == {(1, 1, 8, 8)}
+    assert outputs[record["low"]].std() > 0  # the noise is there, in the one channel
+    colour = dk.render(Image(rgb=grey.contiguous()), record)
+    assert {tuple(t.shape) for t in colour.values()} == {(1, 3, 8, 8)}
