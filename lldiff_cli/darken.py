@@ -444,7 +444,7 @@ def write_dataset(src_dir: Path, out_dir: Path, records: list[dict], *, overwrit
         def process(rel: Path, image: Image) -> None:
             record = by_rel[rel]
             for name, tensor in render(image, record).items():
-                write_image(out_dir / name, tensor, image.alpha, image.bit_depth, grey=image.grey)
+                write_image(out_dir / name, tensor, image.alpha, image.bit_depth, grey=image.grey, icc=image.icc)
             manifest.add(record)
 
         return run_batch(src_dir, list(by_rel), is_done=is_done, process=process,

@@ -61,7 +61,7 @@ def enhance_folder(model, in_dir: Path, out_dir: Path, *, device: torch.device, 
     def process(rel: Path, image: Image) -> None:
         out = enhance_image(model, image.rgb, settings, device)
         write_image(output_path(out_dir, rel, fmt), out, alpha=image.alpha, bit_depth=image.bit_depth,
-                    grey=image.grey)
+                    grey=image.grey, icc=image.icc)
 
     return run_batch(in_dir, files, is_done=lambda rel: output_path(out_dir, rel, fmt).exists(),
                      process=process, overwrite=overwrite, on_item=on_item)

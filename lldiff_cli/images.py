@@ -5,8 +5,8 @@ Every image inside lldiff is a float32 RGB tensor of shape 1x3xHxW with values i
 
 * reading applies the EXIF orientation, expands greyscale / palette / CMYK to RGB,
   keeps an alpha channel apart (1x1xHxW, [0, 1]) and remembers the bit depth
-  (8 or 16) and whether the file was greyscale, so that an output can be written
-  back as 16-bit, and as greyscale;
+  (8 or 16), whether the file was greyscale and its ICC colour profile, so that an
+  output can be written back as 16-bit, as greyscale and in the same colour space;
 * writing goes to a temporary name in the target folder and is renamed into place,
   so a killed run never leaves a half-written image behind.
 
@@ -16,7 +16,7 @@ Unreadable files raise :class:`ImageReadError` naming the file and the reason.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +44,14 @@ class Image:
     alpha: float32 tensor 1x1xHxW in [0, 1], or None when the file has none.
     bit_depth: 8 or 16, the depth of the stored samples.
     grey: the file held one colour channel (rgb holds it three times).
+    icc: the file's embedded ICC colour profile (bytes), or None.
     """
 
     rgb: torch.Tensor
     alpha: torch.Tensor | None = None
     bit_depth: int = 8
     grey: bool = False
+    icc: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -89,12 +91,12 @@ def read_image(path: Path) -> Image:
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     try:
-        array, bit_depth = _decode(path)
+        array, bit_depth, icc = _decode(path)
     except ImageReadError:
         raise
     except Exception as exc:  # Pillow and OpenCV raise many types for bad data
         raise ImageReadError(path, _describe(exc)) from None
-    return _to_image(array, bit_depth)
+    return replace(_to_image(array, bit_depth), icc=icc)
 
 
 def _describe(exc: Exception) -> str:
@@ -106,18 +108,19 @@ def _describe(exc: Exception) -> str:
     return f"cannot decode ({type(exc).__name__}: {text})"
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """Return an HxWxC array (C in 1..4, RGB(A) order) and its bit depth."""
+def _decode(path: Path) -> tuple[np.ndarray, int, bytes | None]:
+    """Return an HxWxC array (C in 1..4, RGB(A) order), its bit depth and ICC profile."""
     from PIL import Image as PILImage, ImageOps
 
     PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
     with PILImage.open(path) as im:
         im.load()  # decode now so truncation errors surface here
         orientation = im.getexif().get(0x0112, 1)
+        icc = im.info.get("icc_profile") or None
         sixteen = _is_sixteen_bit(path, im)
         if not sixteen:
             im = ImageOps.exif_transpose(im)
-            return _pil_to_array(im), 8
+            return _pil_to_array(im), 8, icc
     # Pillow cannot hold 16-bit colour; OpenCV can. Orientation applied by hand.
     import cv2
 
@@ -132,9 +135,7 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     elif array.shape[2] == 4:
         array = array[:, :, [2, 1, 0, 3]]
     array = _apply_orientation(np.ascontiguousarray(array), orientation)
-    if array.dtype != np.uint16:
-        return array, 8
-    return array, 16
+    return array, (16 if array.dtype == np.uint16 else 8), icc
 
 
 def _is_sixteen_bit(path: Path, im) -> bool:
@@ -199,13 +200,15 @@ def to_uint8(rgb: torch.Tensor) -> np.ndarray:
 
 
 def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None,
-                bit_depth: int = 8, grey: bool = False) -> None:
+                bit_depth: int = 8, grey: bool = False, icc: bytes | None = None) -> None:
     """Write ``rgb`` (1x3xHxW in [0, 1]) atomically; the format follows the extension.
 
     Alpha is kept for PNG, TIFF and WebP and dropped elsewhere. ``bit_depth=16``
     writes 16-bit samples for PNG and TIFF and falls back to 8 bits for the others.
     ``grey=True`` writes one channel, the mean of R, G and B (WebP stores it as RGB); ``rgb``
-    may then hold that one channel already (1x1xHxW).
+    may then hold that one channel already (1x1xHxW). ``icc`` (a source's colour profile) is
+    embedded in 8-bit PNG, JPEG, WebP and TIFF when it describes the colour space written (RGB
+    or grey); BMP and 16-bit files are written without it.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -223,10 +226,10 @@ def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None
         if bit_depth == 16 and suffix in _SIXTEEN_BIT_FORMATS:
             _write16(str(tmp), planes)
         else:
-            _write8(str(tmp), planes, suffix)
+            _write8(str(tmp), planes, suffix, icc)
 
 
-def _write8(tmp: str, planes: torch.Tensor, suffix: str) -> None:
+def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = None) -> None:
     from PIL import Image as PILImage
 
     arr = planes.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
@@ -238,6 +241,11 @@ def _write8(tmp: str, planes: torch.Tensor, suffix: str) -> None:
         options = {"quality": 95, "subsampling": 0}
     elif suffix == ".webp":
         options = {"lossless": True}
+    # A profile is kept only for the colour space written (a CMYK source's is not: we write RGB);
+    # bytes 16-19 of an ICC header name it. WebP stores grey as RGB.
+    space = b"GRAY" if mode in ("L", "LA") and suffix != ".webp" else b"RGB "
+    if icc and icc[16:20] == space and suffix != ".bmp":
+        options["icc_profile"] = icc
     im.save(tmp, format=_PIL_FORMAT[suffix], **options)
 
 

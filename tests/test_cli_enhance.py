@@ -137,3 +137,16 @@ def test_enhance_writes_a_greyscale_photo_back_as_greyscale(tmp_path, checkpoint
         out = PILImage.open(tmp_path / "out" / name)
         assert out.mode == "L" and out.size == (28, 20)
     assert read_image(tmp_path / "out" / "night.png").grey
+
+
+def test_enhance_keeps_the_photo_colour_profile(tmp_path, checkpoint):
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    root = tmp_path / "phone"
+    root.mkdir()
+    dark = np.random.default_rng(2).integers(0, 60, (20, 28, 3), dtype=np.uint8)
+    PILImage.fromarray(dark).save(root / "p3.jpg", icc_profile=profile)
+    result = lldiff("enhance", root, tmp_path / "out", "--model", checkpoint, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert PILImage.open(tmp_path / "out" / "p3.jpg").info.get("icc_profile") == profile

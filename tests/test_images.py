@@ -193,7 +193,7 @@ def test_write_is_atomic_and_leaves_no_temp_file(tmp_path, monkeypatch):
     write_image(tmp_path / "sub" / "a.png", torch.rand(1, 3, 4, 4))
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.png"]
 
-    def broken(tmp, planes, suffix):
+    def broken(tmp, planes, suffix, icc=None):
         Path(tmp).write_bytes(b"half an image")
         raise OSError("disk full")
 
@@ -257,3 +257,21 @@ def test_grey_with_alpha_and_16bit_grey_are_written_back_grey(tmp_path):
 def read_image_rgb(folder):
     PILImage.fromarray(rgb8()).save(folder / "rgb.png")
     return read_image(folder / "rgb.png")
+
+
+def test_a_colour_profile_is_kept_for_the_colour_space_written(tmp_path):
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    PILImage.fromarray(rgb8()).save(tmp_path / "p3.jpg", icc_profile=srgb)
+    im = read_image(tmp_path / "p3.jpg")
+    assert im.icc == srgb and read_image_rgb(tmp_path).icc is None
+    for suffix in (".png", ".jpg", ".webp", ".tif"):
+        write_image(tmp_path / f"out{suffix}", im.rgb, icc=im.icc)
+        assert PILImage.open(tmp_path / f"out{suffix}").info.get("icc_profile") == srgb, suffix
+    write_image(tmp_path / "out.bmp", im.rgb, icc=im.icc)  # BMP has no place for it
+    write_image(tmp_path / "grey.png", im.rgb, grey=True, icc=im.icc)  # an RGB profile on grey: dropped
+    assert PILImage.open(tmp_path / "grey.png").info.get("icc_profile") is None
+    cmyk = srgb[:16] + b"CMYK" + srgb[20:]
+    write_image(tmp_path / "cmyk.png", im.rgb, icc=cmyk)
+    assert PILImage.open(tmp_path / "cmyk.png").info.get("icc_profile") is None
