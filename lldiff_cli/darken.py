@@ -35,7 +35,7 @@ import torch
 from lldiff_cli.atomic import atomic_write
 from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import FORMATS, Image, list_images, output_path, write_image
+from lldiff_cli.images import FORMATS, Image, list_images, output_path, write_like
 
 Param = float | torch.Tensor  # a float, or Nx1x1x1: one value per image of the batch
 MODES = ("lv", "scale")
@@ -444,7 +444,7 @@ def write_dataset(src_dir: Path, out_dir: Path, records: list[dict], *, overwrit
         def process(rel: Path, image: Image) -> None:
             record = by_rel[rel]
             for name, tensor in render(image, record).items():
-                write_image(out_dir / name, tensor, image.alpha, image.bit_depth, grey=image.grey, icc=image.icc)
+                write_like(out_dir / name, tensor, image)
             manifest.add(record)
 
         return run_batch(src_dir, list(by_rel), is_done=is_done, process=process,

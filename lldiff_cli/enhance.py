@@ -1,6 +1,6 @@
 """Enhancing a folder: stream the files, run each through the model, write atomically.
 
-cli.enhance -> enhance_folder -> tiling.enhance_tensor (pad / tile) -> model.enhance -> images.write_image
+cli.enhance -> enhance_folder -> tiling.enhance_tensor (pad / tile) -> model.enhance -> images.write_like
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
 from lldiff_cli.device import pick_precision
-from lldiff_cli.images import Image, list_images, output_path, write_image
+from lldiff_cli.images import Image, list_images, output_path, write_like
 from lldiff_cli.tiling import DEFAULT_OVERLAP, enhance_tensor
 
 
@@ -60,8 +60,7 @@ def enhance_folder(model, in_dir: Path, out_dir: Path, *, device: torch.device, 
 
     def process(rel: Path, image: Image) -> None:
         out = enhance_image(model, image.rgb, settings, device)
-        write_image(output_path(out_dir, rel, fmt), out, alpha=image.alpha, bit_depth=image.bit_depth,
-                    grey=image.grey, icc=image.icc)
+        write_like(output_path(out_dir, rel, fmt), out, image)
 
     return run_batch(in_dir, files, is_done=lambda rel: output_path(out_dir, rel, fmt).exists(),
                      process=process, overwrite=overwrite, on_item=on_item)

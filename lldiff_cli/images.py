@@ -5,8 +5,9 @@ Every image inside lldiff is a float32 RGB tensor of shape 1x3xHxW with values i
 
 * reading applies the EXIF orientation, expands greyscale / palette / CMYK to RGB,
   keeps an alpha channel apart (1x1xHxW, [0, 1]) and remembers the bit depth
-  (8 or 16), whether the file was greyscale and its ICC colour profile, so that an
-  output can be written back as 16-bit, as greyscale and in the same colour space;
+  (8 or 16), whether the file was greyscale, its ICC colour profile and its EXIF
+  block, so that an output can be written back as 16-bit, as greyscale, in the same
+  colour space and with the camera's metadata (:func:`write_like`);
 * writing goes to a temporary name in the target folder and is renamed into place,
   so a killed run never leaves a half-written image behind.
 
@@ -45,6 +46,8 @@ class Image:
     bit_depth: 8 or 16, the depth of the stored samples.
     grey: the file held one colour channel (rgb holds it three times).
     icc: the file's embedded ICC colour profile (bytes), or None.
+    exif: the file's EXIF block (bytes) with its orientation reset to upright, as ``rgb`` is;
+    None when the file has none.
     """
 
     rgb: torch.Tensor
@@ -52,6 +55,7 @@ class Image:
     bit_depth: int = 8
     grey: bool = False
     icc: bytes | None = None
+    exif: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -91,12 +95,12 @@ def read_image(path: Path) -> Image:
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     try:
-        array, bit_depth, icc = _decode(path)
+        array, bit_depth, icc, exif = _decode(path)
     except ImageReadError:
         raise
     except Exception as exc:  # Pillow and OpenCV raise many types for bad data
         raise ImageReadError(path, _describe(exc)) from None
-    return replace(_to_image(array, bit_depth), icc=icc)
+    return replace(_to_image(array, bit_depth), icc=icc, exif=exif)
 
 
 def _describe(exc: Exception) -> str:
@@ -108,19 +112,27 @@ def _describe(exc: Exception) -> str:
     return f"cannot decode ({type(exc).__name__}: {text})"
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int, bytes | None]:
-    """Return an HxWxC array (C in 1..4, RGB(A) order), its bit depth and ICC profile."""
+def _decode(path: Path) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
+    """Return an HxWxC array (C in 1..4, RGB(A) order), its bit depth, ICC profile and EXIF."""
     from PIL import Image as PILImage, ImageOps
 
     PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
     with PILImage.open(path) as im:
         im.load()  # decode now so truncation errors surface here
-        orientation = im.getexif().get(0x0112, 1)
+        tags = im.getexif()
+        orientation = tags.get(0x0112, 1)
+        exif = None
+        if len(tags):  # a copy: exif_transpose below still reads the orientation from im
+            upright = PILImage.Exif()
+            upright.load(tags.tobytes())
+            if 0x0112 in upright:
+                upright[0x0112] = 1  # the pixels are turned upright below
+            exif = upright.tobytes()
         icc = im.info.get("icc_profile") or None
         sixteen = _is_sixteen_bit(path, im)
         if not sixteen:
             im = ImageOps.exif_transpose(im)
-            return _pil_to_array(im), 8, icc
+            return _pil_to_array(im), 8, icc, exif
     # Pillow cannot hold 16-bit colour; OpenCV can. Orientation applied by hand.
     import cv2
 
@@ -135,7 +147,7 @@ def _decode(path: Path) -> tuple[np.ndarray, int, bytes | None]:
     elif array.shape[2] == 4:
         array = array[:, :, [2, 1, 0, 3]]
     array = _apply_orientation(np.ascontiguousarray(array), orientation)
-    return array, (16 if array.dtype == np.uint16 else 8), icc
+    return array, (16 if array.dtype == np.uint16 else 8), icc, exif
 
 
 def _is_sixteen_bit(path: Path, im) -> bool:
@@ -199,8 +211,15 @@ def to_uint8(rgb: torch.Tensor) -> np.ndarray:
     return arr.permute(1, 2, 0).cpu().numpy()
 
 
+def write_like(path: Path, rgb: torch.Tensor, source: Image) -> None:
+    """Write ``rgb``, an image made from ``source``, as a file of the source's kind: its alpha,
+    bit depth, greyscale, colour profile and EXIF, where the format allows (:func:`write_image`)."""
+    write_image(path, rgb, source.alpha, source.bit_depth, grey=source.grey, icc=source.icc, exif=source.exif)
+
+
 def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None,
-                bit_depth: int = 8, grey: bool = False, icc: bytes | None = None) -> None:
+                bit_depth: int = 8, grey: bool = False, icc: bytes | None = None,
+                exif: bytes | None = None) -> None:
     """Write ``rgb`` (1x3xHxW in [0, 1]) atomically; the format follows the extension.
 
     Alpha is kept for PNG, TIFF and WebP and dropped elsewhere. ``bit_depth=16``
@@ -208,7 +227,8 @@ def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None
     ``grey=True`` writes one channel, the mean of R, G and B (WebP stores it as RGB); ``rgb``
     may then hold that one channel already (1x1xHxW). ``icc`` (a source's colour profile) is
     embedded in 8-bit PNG, JPEG, WebP and TIFF when it describes the colour space written (RGB
-    or grey); BMP and 16-bit files are written without it.
+    or grey); BMP and 16-bit files are written without it. ``exif`` (a source's EXIF block) is
+    embedded in 8-bit PNG, JPEG and WebP.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -226,10 +246,11 @@ def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None
         if bit_depth == 16 and suffix in _SIXTEEN_BIT_FORMATS:
             _write16(str(tmp), planes)
         else:
-            _write8(str(tmp), planes, suffix, icc)
+            _write8(str(tmp), planes, suffix, icc, exif)
 
 
-def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = None) -> None:
+def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = None,
+            exif: bytes | None = None) -> None:
     from PIL import Image as PILImage
 
     arr = planes.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
@@ -246,6 +267,8 @@ def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = Non
     space = b"GRAY" if mode in ("L", "LA") and suffix != ".webp" else b"RGB "
     if icc and icc[16:20] == space and suffix != ".bmp":
         options["icc_profile"] = icc
+    if exif and suffix in (".png", ".jpg", ".jpeg", ".webp"):
+        options["exif"] = exif
     im.save(tmp, format=_PIL_FORMAT[suffix], **options)
 
 

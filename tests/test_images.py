@@ -126,8 +126,15 @@ def test_exif_orientation_applied(tmp_path, orientation, shape):
 def test_exif_rotated_jpeg(tmp_path):
     exif = PILImage.Exif()
     exif[0x0112] = 6
+    exif[0x010F] = "Canon"
     PILImage.fromarray(rgb8(4, 8)).save(tmp_path / "r.jpg", exif=exif)
-    assert read_image(tmp_path / "r.jpg").size == (8, 4)
+    im = read_image(tmp_path / "r.jpg")
+    assert im.size == (8, 4)
+    for suffix in (".jpg", ".png", ".webp"):  # the camera's tags go on, the pixels are upright now
+        images.write_like(tmp_path / f"out{suffix}", im.rgb, im)
+        tags = PILImage.open(tmp_path / f"out{suffix}").getexif()
+        assert tags.get(0x010F) == "Canon" and tags.get(0x0112) == 1, suffix
+        assert read_image(tmp_path / f"out{suffix}").size == (8, 4)
 
 
 def test_large_images_are_not_refused(tmp_path):
@@ -193,7 +200,7 @@ def test_write_is_atomic_and_leaves_no_temp_file(tmp_path, monkeypatch):
     write_image(tmp_path / "sub" / "a.png", torch.rand(1, 3, 4, 4))
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.png"]
 
-    def broken(tmp, planes, suffix, icc=None):
+    def broken(tmp, planes, suffix, icc=None, exif=None):
         Path(tmp).write_bytes(b"half an image")
         raise OSError("disk full")
 
