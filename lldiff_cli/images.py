@@ -267,7 +267,8 @@ def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = Non
     space = b"GRAY" if mode in ("L", "LA") and suffix != ".webp" else b"RGB "
     if icc and icc[16:20] == space and suffix != ".bmp":
         options["icc_profile"] = icc
-    if exif and suffix in (".png", ".jpg", ".jpeg", ".webp"):
+    # JPEG holds at most 64 KB of EXIF (one APP1 segment): a larger block is left out, not the image.
+    if exif and suffix in (".png", ".webp") or exif and suffix in (".jpg", ".jpeg") and len(exif) < 65_000:
         options["exif"] = exif
     im.save(tmp, format=_PIL_FORMAT[suffix], **options)
 

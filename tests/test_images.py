@@ -282,3 +282,12 @@ def test_a_colour_profile_is_kept_for_the_colour_space_written(tmp_path):
     cmyk = srgb[:16] + b"CMYK" + srgb[20:]
     write_image(tmp_path / "cmyk.png", im.rgb, icc=cmyk)
     assert PILImage.open(tmp_path / "cmyk.png").info.get("icc_profile") is None
+
+
+def test_exif_too_large_for_jpeg_is_left_out_not_the_image(tmp_path):
+    exif = PILImage.Exif()
+    exif[0x010E] = "x" * 70_000  # ImageDescription
+    write_image(tmp_path / "big.jpg", torch.rand(1, 3, 4, 4), exif=exif.tobytes())
+    assert read_image(tmp_path / "big.jpg").exif is None
+    write_image(tmp_path / "big.png", torch.rand(1, 3, 4, 4), exif=exif.tobytes())
+    assert read_image(tmp_path / "big.png").exif is not None
