@@ -167,7 +167,7 @@ def _is_sixteen_bit(path: Path, im) -> bool:
 def _pil_to_array(im) -> np.ndarray:
     if im.mode in ("LA", "La"):
         return np.asarray(im.convert("LA"))
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("RGBA", "PA") or (im.mode == "P" and "transparency" in im.info):
         return np.asarray(im.convert("RGBA"))
     if im.mode in ("1", "L"):
         return np.asarray(im.convert("L"))[:, :, None]
@@ -258,7 +258,8 @@ def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = Non
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
     im = PILImage.fromarray(arr[:, :, 0] if mode == "L" else arr, mode)
     options = {}
-    if suffix in (".jpg", ".jpeg"):
+    jpeg = suffix in (".jpg", ".jpeg")
+    if jpeg:
         options = {"quality": 95, "subsampling": 0}
     elif suffix == ".webp":
         options = {"lossless": True}
@@ -268,7 +269,7 @@ def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = Non
     if icc and icc[16:20] == space and suffix != ".bmp":
         options["icc_profile"] = icc
     # JPEG holds at most 64 KB of EXIF (one APP1 segment): a larger block is left out, not the image.
-    if exif and suffix in (".png", ".webp") or exif and suffix in (".jpg", ".jpeg") and len(exif) < 65_000:
+    if exif and (suffix in (".png", ".webp") or jpeg and len(exif) < 65_000):
         options["exif"] = exif
     im.save(tmp, format=_PIL_FORMAT[suffix], **options)
 
