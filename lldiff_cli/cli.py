@@ -28,7 +28,7 @@ out = Console()
 
 # Options shared by every command that streams a folder of images.
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Also process images in sub-folders; outputs mirror the layout.")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Output format (png, jpg, bmp, tif, webp); default: keep each input's format.")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Output format (png, jpg, bmp, tif, webp, heic); default: keep each input's format.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist (default: skip them, so a re-run resumes).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; only errors and the summary.")]
 

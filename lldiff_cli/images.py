@@ -26,11 +26,14 @@ import torch
 from lldiff_cli.atomic import atomic_write
 from lldiff_cli.errors import ImageReadError, LldiffError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif")
 # Output formats a user may ask for with --format, and the extension each writes.
 FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "bmp": ".bmp",
-           "tif": ".tif", "tiff": ".tif", "webp": ".webp"}
-_ALPHA_FORMATS = (".png", ".tif", ".tiff", ".webp")
+           "tif": ".tif", "tiff": ".tif", "webp": ".webp", "heic": ".heic", "heif": ".heif"}
+_ALPHA_FORMATS = (".png", ".tif", ".tiff", ".webp", ".heic", ".heif")
+# HEIC / HEIF (phones' photos) go through the pillow-heif plugin, registered on first use.
+_HEIF_EXTENSIONS = (".heic", ".heif")
+_NO_HEIF = "HEIC / HEIF needs the pillow-heif package (pip install pillow-heif)"
 _SIXTEEN_BIT_FORMATS = (".png", ".tif", ".tiff")
 # Pillow refuses images above ~179 Mpx as "decompression bombs". lldiff never
 # downscales silently; it allows up to 1 Gpx and tiles inside the model instead.
@@ -112,10 +115,27 @@ def _describe(exc: Exception) -> str:
     return f"cannot decode ({type(exc).__name__}: {text})"
 
 
+def _heif_ready(path: Path) -> bool:
+    """Whether Pillow can read and write ``path``'s format: True for all but HEIC / HEIF
+    without the pillow-heif package (whose plugin this registers)."""
+    if path.suffix.lower() not in _HEIF_EXTENSIONS:
+        return True
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
 def _decode(path: Path) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
-    """Return an HxWxC array (C in 1..4, RGB(A) order), its bit depth, ICC profile and EXIF."""
+    """Return an HxWxC array (C in 1..4, RGB(A) order), its bit depth, ICC profile and EXIF.
+
+    HEIC / HEIF arrive upright (pillow-heif applies their orientation) and in 8 bits."""
     from PIL import Image as PILImage, ImageOps
 
+    if not _heif_ready(path):
+        raise ImageReadError(path, _NO_HEIF)
     PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
     with PILImage.open(path) as im:
         im.load()  # decode now so truncation errors surface here
@@ -226,15 +246,17 @@ def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None
     writes 16-bit samples for PNG and TIFF and falls back to 8 bits for the others.
     ``grey=True`` writes one channel, the mean of R, G and B (WebP stores it as RGB); ``rgb``
     may then hold that one channel already (1x1xHxW). ``icc`` (a source's colour profile) is
-    embedded in 8-bit PNG, JPEG, WebP and TIFF when it describes the colour space written (RGB
-    or grey); BMP and 16-bit files are written without it. ``exif`` (a source's EXIF block) is
-    embedded in 8-bit PNG, JPEG and WebP.
+    embedded in 8-bit PNG, JPEG, WebP, TIFF and HEIC when it describes the colour space written
+    (RGB or grey); BMP and 16-bit files are written without it. ``exif`` (a source's EXIF block)
+    is embedded in 8-bit PNG, JPEG, WebP and HEIC.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
         raise LldiffError(f"cannot write {path}: unknown image extension {suffix!r}; "
                           f"allowed: {', '.join(IMAGE_EXTENSIONS)}")
+    if not _heif_ready(path):
+        raise LldiffError(f"cannot write {path}: {_NO_HEIF}")
     path.parent.mkdir(parents=True, exist_ok=True)
     planes = rgb[0] if rgb.dim() == 4 else rgb
     if grey:
@@ -261,6 +283,8 @@ def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = Non
     jpeg = suffix in (".jpg", ".jpeg")
     if jpeg:
         options = {"quality": 95, "subsampling": 0}
+    elif suffix in _HEIF_EXTENSIONS:
+        options = {"quality": 95}
     elif suffix == ".webp":
         options = {"lossless": True}
     # A profile is kept only for the colour space written (a CMYK source's is not: we write RGB);
@@ -269,13 +293,13 @@ def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = Non
     if icc and icc[16:20] == space and suffix != ".bmp":
         options["icc_profile"] = icc
     # JPEG holds at most 64 KB of EXIF (one APP1 segment): a larger block is left out, not the image.
-    if exif and (suffix in (".png", ".webp") or jpeg and len(exif) < 65_000):
+    if exif and (suffix in (".png", ".webp", *_HEIF_EXTENSIONS) or jpeg and len(exif) < 65_000):
         options["exif"] = exif
     im.save(tmp, format=_PIL_FORMAT[suffix], **options)
 
 
 _PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
-               ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+               ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".heic": "HEIF", ".heif": "HEIF"}
 
 
 def _write16(tmp: str, planes: torch.Tensor) -> None:

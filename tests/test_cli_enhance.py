@@ -150,3 +150,19 @@ def test_enhance_keeps_the_photo_colour_profile(tmp_path, checkpoint):
     result = lldiff("enhance", root, tmp_path / "out", "--model", checkpoint, "--quiet")
     assert result.exit_code == 0, result.output
     assert PILImage.open(tmp_path / "out" / "p3.jpg").info.get("icc_profile") == profile
+
+
+def test_enhance_reads_and_writes_phone_heic(tmp_path, checkpoint, dark_folder):
+    pytest.importorskip("pillow_heif")
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    root = tmp_path / "iphone"
+    root.mkdir()
+    PILImage.fromarray(np.random.default_rng(3).integers(0, 60, (20, 28, 3), dtype=np.uint8)).save(
+        root / "IMG_0001.HEIC", quality=95)
+    result = lldiff("enhance", root, tmp_path / "out", "--model", checkpoint, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert read_image(tmp_path / "out" / "IMG_0001.HEIC").size == (20, 28)
+    result = lldiff("enhance", dark_folder, tmp_path / "as_heic", "--model", checkpoint, "--quiet", "--format", "heic")
+    assert read_image(tmp_path / "as_heic" / "a.heic").size == (21, 30)

@@ -291,3 +291,34 @@ def test_exif_too_large_for_jpeg_is_left_out_not_the_image(tmp_path):
     assert read_image(tmp_path / "big.jpg").exif is None
     write_image(tmp_path / "big.png", torch.rand(1, 3, 4, 4), exif=exif.tobytes())
     assert read_image(tmp_path / "big.png").exif is not None
+
+
+def test_heic_is_read_upright_and_written_with_its_profile_and_exif(tmp_path):
+    pytest.importorskip("pillow_heif")
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Apple"
+    write_image(tmp_path / "phone.heic", torch.rand(1, 3, 20, 30), icc=profile, exif=exif.tobytes())
+    im = read_image(tmp_path / "phone.heic")
+    assert im.size == (30, 20) and im.icc == profile  # pillow-heif turns it upright
+    images.write_like(tmp_path / "out.heic", im.rgb, im)
+    back = read_image(tmp_path / "out.heic")
+    assert back.size == (30, 20) and back.icc == profile
+    assert PILImage.open(tmp_path / "out.heic").getexif().get(0x010F) == "Apple"
+    assert np.abs(as_hwc(back.rgb, 255).astype(int) - as_hwc(im.rgb, 255).astype(int)).mean() < 4
+
+
+def test_heic_without_pillow_heif_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "pillow_heif" else real_import(name, *a, **k))
+    (tmp_path / "a.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    with pytest.raises(ImageReadError, match="a.heic: HEIC / HEIF needs the pillow-heif package"):
+        read_image(tmp_path / "a.heic")
+    with pytest.raises(LldiffError, match="cannot write .*b.heic: HEIC / HEIF needs"):
+        write_image(tmp_path / "b.heic", torch.rand(1, 3, 4, 4))
