@@ -39,6 +39,7 @@ from lldiff_cli.errors import ImageReadError, LldiffError
 from lldiff_cli.model import ModelConfig, WaveletDiffusion, load_checkpoint, save_checkpoint, ssim_torch
 
 NO_PAIRS = "none"  # data.layout for photos-only training
+PHOTOS = "photos/"  # how a held-out darkened photo's name starts in TrainData.val_names
 
 
 @dataclass
@@ -319,7 +320,7 @@ def load_training_data(cfg: TrainConfig) -> TrainData:
                 low = _quantize(random_pair(high, gen, mode=d.darken.mode, ranges=d.darken.lv_ranges(),
                                             factor=d.darken.factor, noise=d.darken.noise_ranges()))
                 out.val_pairs.append(((low[0] * 255).round().to(torch.uint8), item))
-                out.val_names.append(f"photos/{name}")
+                out.val_names.append(f"{PHOTOS}{name}")
             elif min(item.shape[-2:]) < d.crop:
                 out.skipped.append((str(root / rels[i]), _too_small(item, d.crop)))
             else:
@@ -738,7 +739,7 @@ def val_groups(names: list[str], scores: list[float]) -> dict:
     both (``val_psnr`` mixes them): {"val_psnr_pairs": ..., "val_psnr_photos": ...}, else {}."""
     groups: dict[str, list[float]] = {}
     for name, score in zip(names, scores):
-        groups.setdefault("photos" if name.startswith("photos/") else "pairs", []).append(score)
+        groups.setdefault("photos" if name.startswith(PHOTOS) else "pairs", []).append(score)
     if len(groups) < 2:
         return {}
     return {f"val_psnr_{k}": sum(v) / len(v) for k, v in sorted(groups.items())}
