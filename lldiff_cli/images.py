@@ -16,8 +16,9 @@ Unreadable files raise :class:`ImageReadError` naming the file and the reason.
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def read_image(path: Path) -> Image:
         raise
     except Exception as exc:  # Pillow and OpenCV raise many types for bad data
         raise ImageReadError(path, _describe(exc)) from None
-    return replace(_to_image(array, bit_depth), icc=icc, exif=exif)
+    return _to_image(array, bit_depth, icc, exif)
 
 
 def _describe(exc: Exception) -> str:
@@ -117,9 +118,13 @@ def _describe(exc: Exception) -> str:
 
 def _heif_ready(path: Path) -> bool:
     """Whether Pillow can read and write ``path``'s format: True for all but HEIC / HEIF
-    without the pillow-heif package (whose plugin this registers)."""
-    if path.suffix.lower() not in _HEIF_EXTENSIONS:
-        return True
+    without the pillow-heif package."""
+    return path.suffix.lower() not in _HEIF_EXTENSIONS or _register_heif()
+
+
+@functools.cache
+def _register_heif() -> bool:
+    """Register pillow-heif's HEIC / HEIF plugin with Pillow, once; False without the package."""
     try:
         import pillow_heif
     except ImportError:
@@ -209,7 +214,7 @@ def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(op(array)) if op else array
 
 
-def _to_image(array: np.ndarray, bit_depth: int) -> Image:
+def _to_image(array: np.ndarray, bit_depth: int, icc: bytes | None, exif: bytes | None) -> Image:
     scale = 65535.0 if bit_depth == 16 else 255.0
     data = torch.from_numpy(array.astype(np.float32) / scale).permute(2, 0, 1).unsqueeze(0)
     channels = data.shape[1]
@@ -220,7 +225,7 @@ def _to_image(array: np.ndarray, bit_depth: int) -> Image:
     grey = data.shape[1] == 1
     if grey:
         data = data.expand(-1, 3, -1, -1)
-    return Image(rgb=data.contiguous(), alpha=alpha, bit_depth=bit_depth, grey=grey)
+    return Image(rgb=data.contiguous(), alpha=alpha, bit_depth=bit_depth, grey=grey, icc=icc, exif=exif)
 
 
 def to_uint8(rgb: torch.Tensor) -> np.ndarray:

@@ -311,9 +311,11 @@ def test_heic_is_read_upright_and_written_with_its_profile_and_exif(tmp_path):
     assert np.abs(as_hwc(back.rgb, 255).astype(int) - as_hwc(im.rgb, 255).astype(int)).mean() < 4
 
 
-def test_heic_without_pillow_heif_is_a_clear_error(tmp_path, monkeypatch):
+def test_heic_without_pillow_heif_is_a_clear_error(tmp_path, monkeypatch, request):
     import builtins
 
+    images._register_heif.cache_clear()  # registration is cached: forget it here and afterwards
+    request.addfinalizer(images._register_heif.cache_clear)
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
                         if name == "pillow_heif" else real_import(name, *a, **k))
