@@ -35,7 +35,7 @@ _ALPHA_FORMATS = (".png", ".tif", ".tiff", ".webp", ".heic", ".heif")
 # HEIC / HEIF (phones' photos) go through the pillow-heif plugin, registered on first use.
 _HEIF_EXTENSIONS = (".heic", ".heif")
 _NO_HEIF = "HEIC / HEIF needs the pillow-heif package (pip install pillow-heif)"
-_SIXTEEN_BIT_FORMATS = (".png", ".tif", ".tiff")
+_SIXTEEN_BIT_FORMATS = (".png", ".tif", ".tiff", ".heic", ".heif")  # HEIC: written in 10 bits
 # Pillow refuses images above ~179 Mpx as "decompression bombs". lldiff never
 # downscales silently; it allows up to 1 Gpx and tiles inside the model instead.
 MAX_PIXELS = 1 << 30
@@ -136,7 +136,8 @@ def _register_heif() -> bool:
 def _decode(path: Path) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
     """Return an HxWxC array (C in 1..4, RGB(A) order), its bit depth, ICC profile and EXIF.
 
-    HEIC / HEIF arrive upright (pillow-heif applies their orientation) and in 8 bits."""
+    HEIC / HEIF arrive upright (pillow-heif applies their orientation); 10- and 12-bit ones
+    (HDR photos) arrive in 16 bits, full range."""
     from PIL import Image as PILImage, ImageOps
 
     if not _heif_ready(path):
@@ -154,10 +155,11 @@ def _decode(path: Path) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
                 upright[0x0112] = 1  # the pixels are turned upright below
             exif = upright.tobytes()
         icc = im.info.get("icc_profile") or None
-        sixteen = _is_sixteen_bit(path, im)
-        if not sixteen:
+        if not _is_sixteen_bit(path, im):
             im = ImageOps.exif_transpose(im)
             return _pil_to_array(im), 8, icc, exif
+        if im.format == "HEIF":
+            return _decode_deep_heif(path, im.info["bit_depth"]), 16, icc, exif
     # Pillow cannot hold 16-bit colour; OpenCV can. Orientation applied by hand.
     import cv2
 
@@ -176,6 +178,8 @@ def _decode(path: Path) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
 
 
 def _is_sixteen_bit(path: Path, im) -> bool:
+    if im.format == "HEIF":  # Pillow gets 10- and 12-bit HEIC in 8 bits
+        return im.info.get("bit_depth", 8) > 8
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         return True
     if path.suffix.lower() == ".png" and im.format == "PNG":
@@ -187,6 +191,17 @@ def _is_sixteen_bit(path: Path, im) -> bool:
         bits = im.tag_v2.get(258) if hasattr(im, "tag_v2") else None
         return bool(bits) and max(bits if isinstance(bits, tuple) else (bits,)) == 16
     return False
+
+
+def _decode_deep_heif(path: Path, bits: int) -> np.ndarray:
+    """A 10- or 12-bit HEIC / HEIF as HxWxC uint16, full range (the top sample is 65535)."""
+    import pillow_heif
+
+    raw = np.asarray(pillow_heif.open_heif(path, convert_hdr_to_8bit=False))
+    # pillow-heif shifts the samples to the top of 16 bits: 1023 << 6 = 65472 for 10-bit white.
+    levels = (raw >> (16 - bits)).astype(np.float64)
+    array = np.rint(levels * (65535 / ((1 << bits) - 1))).astype(np.uint16)
+    return array[:, :, None] if array.ndim == 2 else array
 
 
 def _pil_to_array(im) -> np.ndarray:
@@ -247,13 +262,14 @@ def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None
                 exif: bytes | None = None) -> None:
     """Write ``rgb`` (1x3xHxW in [0, 1]) atomically; the format follows the extension.
 
-    Alpha is kept for PNG, TIFF and WebP and dropped elsewhere. ``bit_depth=16``
-    writes 16-bit samples for PNG and TIFF and falls back to 8 bits for the others.
+    Alpha is kept for PNG, TIFF, WebP and HEIC and dropped elsewhere. ``bit_depth=16``
+    writes 16-bit samples for PNG and TIFF, 10-bit ones for HEIC / HEIF, and falls back to
+    8 bits for the others.
     ``grey=True`` writes one channel, the mean of R, G and B (WebP stores it as RGB); ``rgb``
     may then hold that one channel already (1x1xHxW). ``icc`` (a source's colour profile) is
-    embedded in 8-bit PNG, JPEG, WebP, TIFF and HEIC when it describes the colour space written
-    (RGB or grey); BMP and 16-bit files are written without it. ``exif`` (a source's EXIF block)
-    is embedded in 8-bit PNG, JPEG, WebP and HEIC.
+    embedded in 8-bit PNG, JPEG, WebP, TIFF and in HEIC when it describes the colour space written
+    (RGB or grey); BMP and 16-bit PNG and TIFF are written without it. ``exif`` (a source's EXIF
+    block) is embedded in 8-bit PNG, JPEG, WebP and in HEIC.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -271,7 +287,7 @@ def write_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None
         planes = torch.cat([planes, a], dim=0)
     with atomic_write(path, suffix) as tmp:
         if bit_depth == 16 and suffix in _SIXTEEN_BIT_FORMATS:
-            _write16(str(tmp), planes)
+            _write16(str(tmp), planes, suffix, icc, exif)
         else:
             _write8(str(tmp), planes, suffix, icc, exif)
 
@@ -307,11 +323,15 @@ _PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
                ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".heic": "HEIF", ".heif": "HEIF"}
 
 
-def _write16(tmp: str, planes: torch.Tensor) -> None:
+def _write16(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = None,
+             exif: bytes | None = None) -> None:
     import cv2
 
     arr = planes.detach().float().clamp(0, 1).mul(65535).round().to(torch.int32)
     arr = arr.permute(1, 2, 0).cpu().numpy().astype(np.uint16)
+    if suffix in _HEIF_EXTENSIONS:
+        _write_deep_heif(tmp, arr, icc, exif)
+        return
     if arr.shape[2] == 2:  # OpenCV writes no grey + alpha: grey three times, then alpha
         arr = arr[:, :, [0, 0, 0, 1]]
     if arr.shape[2] == 3:
@@ -320,6 +340,20 @@ def _write16(tmp: str, planes: torch.Tensor) -> None:
         arr = arr[:, :, [2, 1, 0, 3]]
     if not cv2.imwrite(tmp, np.ascontiguousarray(arr)):
         raise LldiffError(f"OpenCV could not write {tmp}")
+
+
+def _write_deep_heif(tmp: str, arr: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
+    """Write HxWxC uint16 samples as a 10-bit HEIC / HEIF, with the profile and EXIF as :func:`_write8`."""
+    import pillow_heif
+
+    if arr.shape[2] == 2:  # HEIF has no grey + alpha: grey three times, then alpha
+        arr = arr[:, :, [0, 0, 0, 1]]
+    mode = {1: "L;16", 3: "RGB;16", 4: "RGBA;16"}[arr.shape[2]]
+    height, width = arr.shape[:2]
+    heif = pillow_heif.from_bytes(mode=mode, size=(width, height), data=np.ascontiguousarray(arr).tobytes())
+    space = b"GRAY" if mode == "L;16" else b"RGB "
+    options = {"icc_profile": icc} if icc and icc[16:20] == space else {}
+    heif.save(tmp, format="HEIF", quality=95, exif=exif, **options)
 
 
 def output_path(out_root: Path, rel: Path, fmt: str | None = None) -> Path:

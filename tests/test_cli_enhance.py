@@ -161,8 +161,12 @@ def test_enhance_reads_and_writes_phone_heic(tmp_path, checkpoint, dark_folder):
     root.mkdir()
     PILImage.fromarray(np.random.default_rng(3).integers(0, 60, (20, 28, 3), dtype=np.uint8)).save(
         root / "IMG_0001.HEIC", quality=95)
+    hdr = np.random.default_rng(4).integers(0, 240, (20, 28, 3)).astype(np.uint16) << 6  # 10-bit samples
+    pillow_heif.from_bytes(mode="RGB;16", size=(28, 20), data=hdr.tobytes()).save(root / "IMG_0002.HEIC")
     result = lldiff("enhance", root, tmp_path / "out", "--model", checkpoint, "--quiet")
     assert result.exit_code == 0, result.output
     assert read_image(tmp_path / "out" / "IMG_0001.HEIC").size == (20, 28)
+    assert pillow_heif.open_heif(tmp_path / "out" / "IMG_0001.HEIC").info["bit_depth"] == 8
+    assert pillow_heif.open_heif(tmp_path / "out" / "IMG_0002.HEIC").info["bit_depth"] == 10
     result = lldiff("enhance", dark_folder, tmp_path / "as_heic", "--model", checkpoint, "--quiet", "--format", "heic")
     assert read_image(tmp_path / "as_heic" / "a.heic").size == (21, 30)

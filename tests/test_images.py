@@ -311,6 +311,33 @@ def test_heic_is_read_upright_and_written_with_its_profile_and_exif(tmp_path):
     assert np.abs(as_hwc(back.rgb, 255).astype(int) - as_hwc(im.rgb, 255).astype(int)).mean() < 4
 
 
+def test_deep_heic_stays_deep(tmp_path):
+    """10-bit HEIC (cameras' and phones' HDR photos) is read in 16 bits, full range, and written back in 10."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    white = np.full((8, 12, 3), 1023 << 6, np.uint16)  # pillow-heif holds 10-bit samples in the top bits
+    pillow_heif.from_bytes(mode="RGB;16", size=(12, 8), data=white.tobytes()).save(tmp_path / "w.heic")
+    im = read_image(tmp_path / "w.heic")
+    assert im.bit_depth == 16 and float(im.rgb.min()) == 1.0  # 1023 of 1023 is white, not 65472 / 65535
+    ramp = torch.linspace(0, 1, 48).view(1, 1, 1, 48).expand(1, 3, 32, 48)
+    alpha = torch.full((1, 1, 32, 48), 0.5)
+    for name, kwargs in [("rgb.heic", {}), ("rgba.heic", {"alpha": alpha}), ("grey.heif", {"grey": True})]:
+        write_image(tmp_path / name, ramp, bit_depth=16, **kwargs)
+        assert pillow_heif.open_heif(tmp_path / name, convert_hdr_to_8bit=False).info["bit_depth"] == 10
+        back = read_image(tmp_path / name)
+        assert back.bit_depth == 16 and back.grey == ("grey" in name)
+        assert (back.alpha is not None) == ("alpha" in kwargs)
+        assert float((back.rgb - ramp).abs().mean()) < 2 / 255
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = PILImage.Exif()
+    exif[0x010F] = "Canon"
+    write_image(tmp_path / "tagged.heic", ramp, bit_depth=16, icc=profile, exif=exif.tobytes())
+    back = read_image(tmp_path / "tagged.heic")
+    assert back.bit_depth == 16 and back.icc == profile
+    assert PILImage.open(tmp_path / "tagged.heic").getexif().get(0x010F) == "Canon"
+
+
 def test_heic_without_pillow_heif_is_a_clear_error(tmp_path, monkeypatch, request):
     import builtins
 
