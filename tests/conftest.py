@@ -47,3 +47,15 @@ def load_script(relative: str):
     finally:
         sys.path.remove(str(path.parent))
     return module
+
+
+def pil_open(path):
+    """The image at ``path``, decoded by Pillow with its file closed again (``Image.open`` alone
+    leaves it open until garbage collection, and Python warns)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        loaded = im.copy()
+    loaded.format = im.format
+    return loaded

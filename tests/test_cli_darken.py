@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from lldiff_cli import darken as dk
 from lldiff_cli.cli import app
+from conftest import pil_open
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)
@@ -84,9 +85,9 @@ def test_odd_and_bad_files(tmp_path):
     assert manifest_sources(out) == GOOD
 
     assert cv2.imread(str(out / "low/deep16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
-    assert PILImage.open(out / "low/rgba.png").mode == "RGBA"
-    assert PILImage.open(out / "low/rotated.jpg").size == (4, 8)  # EXIF applied: now portrait
-    assert PILImage.open(out / "steps/rotated_t02.jpg").size == (4, 8)
+    assert pil_open(out / "low/rgba.png").mode == "RGBA"
+    assert pil_open(out / "low/rotated.jpg").size == (4, 8)  # EXIF applied: now portrait
+    assert pil_open(out / "steps/rotated_t02.jpg").size == (4, 8)
 
 
 def test_interrupted_batch_resumes(tmp_path, monkeypatch):
@@ -132,8 +133,8 @@ def test_scale_mode_and_alias(tmp_path):
     src = plain_folder(tmp_path / "in", ["a.png"])
     result = lldiff("synthesize-dark", src, tmp_path / "out", "--mode", "scale", "--factor", "0.5", "--format", "bmp")
     assert result.exit_code == 0, result.output
-    high = np.array(PILImage.open(tmp_path / "out/high/a.bmp"), dtype=float)
-    low = np.array(PILImage.open(tmp_path / "out/low/a.bmp"), dtype=float)
+    high = np.array(pil_open(tmp_path / "out/high/a.bmp"), dtype=float)
+    low = np.array(pil_open(tmp_path / "out/low/a.bmp"), dtype=float)
     assert np.abs(low - high / 2).max() <= 0.5
 
 
@@ -232,7 +233,7 @@ def test_a_greyscale_source_stays_greyscale_with_mono_sensor_noise(tmp_path):
     args = ["-q", "--noise", "--progressive", "--steps", "3", "--seed", "1"]
     assert lldiff("darken", src, tmp_path / "one", *args).exit_code == 0
     for name in ["low/ir.png", "high/ir.png", "steps/ir_t01.png"]:
-        assert PILImage.open(tmp_path / "one" / name).mode == "L", name
+        assert pil_open(tmp_path / "one" / name).mode == "L", name
     result = lldiff("darken", src, tmp_path / "two", "-q", "--from-manifest", tmp_path / "one/manifest.jsonl")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "one/low/ir.png").read_bytes() == (tmp_path / "two/low/ir.png").read_bytes()

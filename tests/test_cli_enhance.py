@@ -14,6 +14,7 @@ from lldiff_cli.cli import app
 from lldiff_cli.images import read_image
 from lldiff_cli.model import WaveletDiffusion, save_checkpoint
 from tests.conftest import tiny_config
+from conftest import pil_open
 
 runner = CliRunner()
 
@@ -78,7 +79,7 @@ def test_enhance_precision_float32_and_bfloat16_agree(tmp_path, checkpoint, dark
         result = lldiff("enhance", dark_folder, tmp_path / precision, "--model", checkpoint, "--quiet",
                         "--precision", precision)
         assert result.exit_code == 1  # broken.jpg
-        outs[precision] = np.asarray(PILImage.open(tmp_path / precision / "a.png"), dtype=float)
+        outs[precision] = np.asarray(pil_open(tmp_path / precision / "a.png"), dtype=float)
     difference = np.abs(outs["float32"] - outs["bfloat16"])
     assert 0 < difference.max() and difference.mean() < 2  # bfloat16 really ran, and stayed close
 
@@ -134,7 +135,7 @@ def test_enhance_writes_a_greyscale_photo_back_as_greyscale(tmp_path, checkpoint
     result = lldiff("enhance", root, tmp_path / "out", "--model", checkpoint, "--quiet")
     assert result.exit_code == 0, result.output
     for name in ("night.png", "cam.jpg"):
-        out = PILImage.open(tmp_path / "out" / name)
+        out = pil_open(tmp_path / "out" / name)
         assert out.mode == "L" and out.size == (28, 20)
     assert read_image(tmp_path / "out" / "night.png").grey
 
@@ -149,7 +150,7 @@ def test_enhance_keeps_the_photo_colour_profile(tmp_path, checkpoint):
     PILImage.fromarray(dark).save(root / "p3.jpg", icc_profile=profile)
     result = lldiff("enhance", root, tmp_path / "out", "--model", checkpoint, "--quiet")
     assert result.exit_code == 0, result.output
-    assert PILImage.open(tmp_path / "out" / "p3.jpg").info.get("icc_profile") == profile
+    assert pil_open(tmp_path / "out" / "p3.jpg").info.get("icc_profile") == profile
 
 
 def test_enhance_reads_and_writes_phone_heic(tmp_path, checkpoint, dark_folder):

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lldiff_cli import metrics as M
 from lldiff_cli.cli import app
+from conftest import pil_open
 
 runner = CliRunner()
 H, W = 32, 48
@@ -79,8 +80,8 @@ def test_eval_scores_good_images_and_names_the_bad_ones(tmp_path):
     assert sorted(f["image"] for f in report["failures"]) == ["4", "5", "6"]
 
     # The means are the metrics of the files themselves.
-    lows = [np.asarray(PILImage.open(root / f"LOL/eval15/low/{i}.png")) for i in (1, 2, 3)]
-    highs = [np.asarray(PILImage.open(root / f"LOL/eval15/high/{i}.png")) for i in (1, 2, 3)]
+    lows = [np.asarray(pil_open(root / f"LOL/eval15/low/{i}.png")) for i in (1, 2, 3)]
+    highs = [np.asarray(pil_open(root / f"LOL/eval15/high/{i}.png")) for i in (1, 2, 3)]
     assert results["identity"]["psnr"] == pytest.approx(np.mean([M.psnr(a, b) for a, b in zip(lows, highs)]))
     assert results["identity"]["ssim"] == pytest.approx(np.mean([M.ssim(a, b) for a, b in zip(lows, highs)]))
     gamma = [np.round((a / 255.0) ** 0.25 * 255) for a in lows]
@@ -96,7 +97,7 @@ def test_eval_scores_good_images_and_names_the_bad_ones(tmp_path):
 
     saved = sorted(p.relative_to(out / "imgs").as_posix() for p in (out / "imgs").rglob("*.png"))
     assert saved == [f"{m}/{i}.png" for m in ("gamma_0.25", "identity") for i in (1, 2, 3)]
-    sheet = PILImage.open(out / "sheet.png")
+    sheet = pil_open(out / "sheet.png")
     assert sheet.width > 4 * 320 and sheet.height > 2 * 200  # 2 rows x (input, 2 methods, truth)
     assert "left off the sheet (not scored by every method): 6" in r.stderr
 

@@ -12,6 +12,7 @@ from PIL import Image as PILImage
 
 from lldiff_cli import darken as dk
 from lldiff_cli.errors import LldiffError
+from conftest import pil_open
 
 
 def gen(seed=0) -> torch.Generator:
@@ -31,7 +32,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def pixels(path: Path) -> np.ndarray:
-    return np.array(PILImage.open(path))
+    return np.array(pil_open(path))
 
 
 # --- degradations ----------------------------------------------------------------

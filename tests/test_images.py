@@ -13,6 +13,7 @@ from PIL import Image as PILImage
 from lldiff_cli import images
 from lldiff_cli.errors import ImageReadError, LldiffError
 from lldiff_cli.images import list_images, output_path, read_image, write_image
+from conftest import pil_open
 
 RNG = np.random.default_rng(0)
 
@@ -45,7 +46,7 @@ def test_lossless_8bit_round_trip(tmp_path, suffix):
     assert im.bit_depth == 8 and im.alpha is None
     np.testing.assert_array_equal(as_hwc(im.rgb, 255), data)
     write_image(tmp_path / f"b{suffix}", im.rgb)
-    np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / f"b{suffix}").convert("RGB")), data)
+    np.testing.assert_array_equal(np.asarray(pil_open(tmp_path / f"b{suffix}").convert("RGB")), data)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
@@ -97,16 +98,16 @@ def test_rgba_alpha_kept_where_the_format_allows(tmp_path):
     assert im.alpha is not None and im.alpha.shape == (1, 1, 6, 10)
     np.testing.assert_array_equal(as_hwc(im.alpha, 255)[:, :, 0], data[:, :, 3])
     write_image(tmp_path / "b.png", im.rgb, im.alpha)
-    np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / "b.png")), data)
+    np.testing.assert_array_equal(np.asarray(pil_open(tmp_path / "b.png")), data)
     write_image(tmp_path / "b.jpg", im.rgb, im.alpha)  # JPEG has no alpha: dropped
-    assert PILImage.open(tmp_path / "b.jpg").mode == "RGB"
+    assert pil_open(tmp_path / "b.jpg").mode == "RGB"
 
 
 def test_cmyk_jpeg(tmp_path):
     PILImage.fromarray(rgb8(16, 16)).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
     im = read_image(tmp_path / "c.jpg")
     assert im.rgb.shape == (1, 3, 16, 16)
-    expected = np.asarray(PILImage.open(tmp_path / "c.jpg").convert("RGB"))
+    expected = np.asarray(pil_open(tmp_path / "c.jpg").convert("RGB"))
     np.testing.assert_array_equal(as_hwc(im.rgb, 255), expected)
 
 
@@ -132,7 +133,7 @@ def test_exif_rotated_jpeg(tmp_path):
     assert im.size == (8, 4)
     for suffix in (".jpg", ".png", ".webp"):  # the camera's tags go on, the pixels are upright now
         images.write_like(tmp_path / f"out{suffix}", im.rgb, im)
-        tags = PILImage.open(tmp_path / f"out{suffix}").getexif()
+        tags = pil_open(tmp_path / f"out{suffix}").getexif()
         assert tags.get(0x010F) == "Canon" and tags.get(0x0112) == 1, suffix
         assert read_image(tmp_path / f"out{suffix}").size == (8, 4)
 
@@ -234,7 +235,7 @@ def test_grey_is_remembered_and_written_back_as_one_channel(tmp_path, suffix):
     tinted = im.rgb.clone()
     tinted[:, 0] += 0.03  # a model's output of a grey input need not be exactly grey
     write_image(tmp_path / f"out{suffix}", tinted, grey=True)
-    back = PILImage.open(tmp_path / f"out{suffix}")
+    back = pil_open(tmp_path / f"out{suffix}")
     if suffix == ".webp":  # WebP has no grey mode: three equal channels
         channels = np.asarray(back)
         assert back.mode == "RGB" and (channels == channels[:, :, :1]).all()
@@ -251,7 +252,7 @@ def test_grey_with_alpha_and_16bit_grey_are_written_back_grey(tmp_path):
     im = read_image(tmp_path / "la.png")
     assert im.grey and im.alpha is not None
     write_image(tmp_path / "la_out.png", im.rgb, im.alpha, grey=True)
-    np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / "la_out.png")), data)
+    np.testing.assert_array_equal(np.asarray(pil_open(tmp_path / "la_out.png")), data)
 
     deep = RNG.integers(0, 65536, (5, 7), dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "g16.png"), deep)
@@ -275,13 +276,13 @@ def test_a_colour_profile_is_kept_for_the_colour_space_written(tmp_path):
     assert im.icc == srgb and read_image_rgb(tmp_path).icc is None
     for suffix in (".png", ".jpg", ".webp", ".tif"):
         write_image(tmp_path / f"out{suffix}", im.rgb, icc=im.icc)
-        assert PILImage.open(tmp_path / f"out{suffix}").info.get("icc_profile") == srgb, suffix
+        assert pil_open(tmp_path / f"out{suffix}").info.get("icc_profile") == srgb, suffix
     write_image(tmp_path / "out.bmp", im.rgb, icc=im.icc)  # BMP has no place for it
     write_image(tmp_path / "grey.png", im.rgb, grey=True, icc=im.icc)  # an RGB profile on grey: dropped
-    assert PILImage.open(tmp_path / "grey.png").info.get("icc_profile") is None
+    assert pil_open(tmp_path / "grey.png").info.get("icc_profile") is None
     cmyk = srgb[:16] + b"CMYK" + srgb[20:]
     write_image(tmp_path / "cmyk.png", im.rgb, icc=cmyk)
-    assert PILImage.open(tmp_path / "cmyk.png").info.get("icc_profile") is None
+    assert pil_open(tmp_path / "cmyk.png").info.get("icc_profile") is None
 
 
 def test_exif_too_large_for_jpeg_is_left_out_not_the_image(tmp_path):
@@ -307,7 +308,7 @@ def test_heic_is_read_upright_and_written_with_its_profile_and_exif(tmp_path):
     images.write_like(tmp_path / "out.heic", im.rgb, im)
     back = read_image(tmp_path / "out.heic")
     assert back.size == (30, 20) and back.icc == profile
-    assert PILImage.open(tmp_path / "out.heic").getexif().get(0x010F) == "Apple"
+    assert pil_open(tmp_path / "out.heic").getexif().get(0x010F) == "Apple"
     assert np.abs(as_hwc(back.rgb, 255).astype(int) - as_hwc(im.rgb, 255).astype(int)).mean() < 4
 
 
@@ -335,7 +336,7 @@ def test_deep_heic_stays_deep(tmp_path):
     write_image(tmp_path / "tagged.heic", ramp, bit_depth=16, icc=profile, exif=exif.tobytes())
     back = read_image(tmp_path / "tagged.heic")
     assert back.bit_depth == 16 and back.icc == profile
-    assert PILImage.open(tmp_path / "tagged.heic").getexif().get(0x010F) == "Canon"
+    assert pil_open(tmp_path / "tagged.heic").getexif().get(0x010F) == "Canon"
 
 
 def test_heic_without_pillow_heif_is_a_clear_error(tmp_path, monkeypatch, request):

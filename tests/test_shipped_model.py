@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from lldiff_cli.cli import app
 from lldiff_cli.model import DEFAULT_MODEL_NAME, load_model
+from conftest import pil_open
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -41,7 +42,7 @@ def test_default_model_brightens_a_dark_photo_from_the_cli(tmp_path, monkeypatch
     PILImage.fromarray(dark).save(tmp_path / "in" / "dark.png")
     result = CliRunner().invoke(app, ["enhance", str(tmp_path / "in"), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    out = np.asarray(PILImage.open(tmp_path / "out" / "dark.png"), dtype=np.float32) / 255
+    out = np.asarray(pil_open(tmp_path / "out" / "dark.png"), dtype=np.float32) / 255
     assert out.shape == dark.shape
     assert 0.2 < out.mean() < 0.7 and dark.mean() / 255 < 0.07
     assert torch.isfinite(torch.from_numpy(out)).all()

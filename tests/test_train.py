@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
-from conftest import load_script
+from conftest import load_script, pil_open
 
 from lldiff_cli.config import load_config
 from lldiff_cli.errors import LldiffError
@@ -292,7 +292,7 @@ def test_validation_reports_pairs_and_darkened_photos_apart():
 def test_write_curve_copes_with_little_history(tmp_path):
     for history in ([], [{"step": 1, "loss": 0.5}], [{"step": 3, "val_psnr": 12.0}]):
         write_curve(history, tmp_path / "c.png")
-        assert PILImage.open(tmp_path / "c.png").size == (720, 520)
+        assert pil_open(tmp_path / "c.png").size == (720, 520)
 
 
 @pytest.mark.parametrize("refiner", [None, {"width": 4, "blocks": 1}])
