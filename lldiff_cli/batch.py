@@ -40,13 +40,37 @@ def prepare_output_dir(in_dir: Path, out_dir: Path) -> Path:
     if in_dir.exists() and out_dir.exists() and in_dir.resolve() == out_dir.resolve():
         raise LldiffError(f"output folder is the input folder ({out_dir}); "
                           "choose another folder so the originals are never overwritten")
+    return make_folder(out_dir)
+
+
+def make_folder(folder: Path, what: str | None = None) -> Path:
+    """Create ``folder`` (and its parents) and check it is writable; errors call it ``what``
+    (by default "output folder FOLDER")."""
+    folder = Path(folder)
+    what = what or f"output folder {folder}"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # with exist_ok, only a file where a folder should be
+        raise LldiffError(f"cannot create {what}: a file is in the way") from None
     except OSError as exc:
-        raise LldiffError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise LldiffError(f"output folder is not writable: {out_dir}")
-    return out_dir
+        raise LldiffError(f"cannot create {what}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LldiffError(f"{what} is not writable")
+    return folder
+
+
+def prepare_output_file(path: Path, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Check, before a long run, that the file ``path`` can be written when the run ends:
+    its folder can be made and written, it is not a folder, and its extension is one of
+    ``suffixes`` (when given)."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise LldiffError(f"{path}: {path.suffix or 'no extension'!r} is not an image extension; "
+                          f"allowed: {', '.join(suffixes)}")
+    if path.is_dir():
+        raise LldiffError(f"{path} is a folder; give a file name")
+    make_folder(path.parent, f"the folder for {path}")
+    return path
 
 
 def run_batch(

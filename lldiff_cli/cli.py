@@ -297,9 +297,10 @@ def eval_command(
 
     from lldiff_cli import evaluate as ev, metrics as M
     from lldiff_cli.baselines import make_method
+    from lldiff_cli.batch import make_folder, prepare_output_file
     from lldiff_cli.data import load_dataset
     from lldiff_cli.device import pick_device, pick_precision
-    from lldiff_cli.images import write_image
+    from lldiff_cli.images import IMAGE_EXTENSIONS, write_image
 
     with user_errors():
         data = load_dataset(dataset, root=data_root, split=split, low=low, high=high).limit(limit)
@@ -317,6 +318,14 @@ def eval_command(
         metric_list = ev.choose_metrics(metric_names, paired=data.paired)
         lpips_model = M.load_lpips(weights, dev) if weights and "lpips" in metric_list else None
         on_sheet = set(ev.sheet_names(data.pairs, sheet_images)) if sheet else set()
+        # The outputs are checked now, not refused after a scoring run that may take hours.
+        for path in (csv_path, json_path):
+            if path:
+                prepare_output_file(path)
+        if sheet:
+            prepare_output_file(sheet, IMAGE_EXTENSIONS)
+        if save_dir is not None:
+            make_folder(save_dir, f"--save-dir folder {save_dir}")
     if not data.pairs:
         for name, reason in data.problems:
             console.print(f"  [red]failed[/] {name}: {reason}", highlight=False)

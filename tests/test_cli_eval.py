@@ -135,6 +135,22 @@ def test_eval_missing_layout_is_one_line_naming_the_path(tmp_path):
     assert "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("option, target, reason", [
+    ("--save-dir", "afile/sub", "cannot create"),
+    ("--csv", "afile/x.csv", "cannot create"),
+    ("--json", "adir", "is a folder"),
+    ("--sheet", "sheet.txt", "not an image extension"),
+])
+def test_eval_refuses_an_output_it_cannot_write_before_scoring(tmp_path, option, target, reason):
+    root = lol_tree(tmp_path / "data", bad=False)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "adir").mkdir()
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "identity", *FAST, option, tmp_path / target)
+    assert r.exit_code == 2, r.output
+    assert reason in r.stderr and str(tmp_path / target) in r.stderr.replace("\n", "")
+    assert "Traceback" not in r.output and "identity" not in r.stdout  # nothing was scored
+
+
 def test_eval_unknown_method_lists_the_allowed(tmp_path):
     root = lol_tree(tmp_path / "data", bad=False)
     r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "magic")
