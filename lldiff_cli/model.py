@@ -406,14 +406,27 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return payload
 
 
+def build_model(config: ModelConfig, where: str = "model") -> WaveletDiffusion:
+    """``WaveletDiffusion(config)``, with an argument the networks do not take (e.g.
+    ``unet.depth``) or a value they refuse as one LldiffError naming ``where``."""
+    try:
+        return WaveletDiffusion(config)
+    except (TypeError, ValueError) as exc:
+        raise LldiffError(f"{where}: {exc}") from None
+
+
 def model_from_checkpoint(payload: dict, *, weights: str = "ema", source: str = "checkpoint") -> WaveletDiffusion:
     """Rebuild the model from a checkpoint dict (``weights``: 'ema' when present, else 'model')."""
-    try:
-        config = ModelConfig(**payload["config"])
-    except TypeError as exc:
+    from lldiff_cli.config import from_dict
+
+    try:  # the record's keys and types are checked as a config file's are
+        model = build_model(from_dict(ModelConfig, payload.get("config"), "config"), "config")
+    except LldiffError as exc:
         raise LldiffError(f"{source}: model config does not match this lldiff version ({exc})") from None
-    model = WaveletDiffusion(config)
-    state = payload.get("ema_state_dict") if weights == "ema" and "ema_state_dict" in payload else payload["state_dict"]
+    key = "ema_state_dict" if weights == "ema" and "ema_state_dict" in payload else "state_dict"
+    if key not in payload:
+        raise LldiffError(f"{source}: holds no weights (no {key!r} record)")
+    state = payload[key]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

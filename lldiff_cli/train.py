@@ -36,7 +36,7 @@ from torch import nn
 
 from lldiff_cli.darken import MODES as DARKEN_MODES, LvRanges, NoiseRanges, random_pair, seed_for
 from lldiff_cli.errors import ImageReadError, LldiffError
-from lldiff_cli.model import ModelConfig, WaveletDiffusion, load_checkpoint, save_checkpoint, ssim_torch
+from lldiff_cli.model import ModelConfig, WaveletDiffusion, build_model, load_checkpoint, save_checkpoint, ssim_torch
 
 NO_PAIRS = "none"  # data.layout for photos-only training
 PHOTOS = "photos/"  # how a held-out darkened photo's name starts in TrainData.val_names
@@ -181,10 +181,7 @@ def check_config(cfg: TrainConfig, resume: bool = False) -> None:
         raise LldiffError(f"train_sampler_every must be 0 (off) or more, got {cfg.train_sampler_every}")
     if cfg.init and not resume and not Path(cfg.init).is_file():
         raise LldiffError(f"init checkpoint not found: {cfg.init}")
-    try:
-        model = WaveletDiffusion(cfg.model)
-    except (TypeError, ValueError) as exc:  # a key the networks do not take, e.g. model.unet.depth
-        raise LldiffError(f"model: {exc}") from None
+    model = build_model(cfg.model)
     names = [name for name, _ in model.named_parameters()]
     for prefix in cfg.train_only:
         if not any(_under(name, prefix) for name in names):

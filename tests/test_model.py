@@ -182,6 +182,22 @@ def test_checkpoint_with_wrong_weights_is_a_clear_error(tmp_path, tiny_model):
         model_from_checkpoint(payload)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["config"]["unet"].update(depth=3), "unexpected keyword argument 'depth'"),
+    (lambda p: p["config"].update(levels="2"), "levels"),
+    (lambda p: p["config"].update(hfrm=None), "hfrm"),
+    (lambda p: p.pop("config"), "config"),
+    (lambda p: p.pop("state_dict"), "no weights"),
+])
+def test_a_checkpoint_from_another_version_is_one_error_line(tmp_path, tiny_model, change, message):
+    save_checkpoint(tiny_model, tmp_path / "m.pt")
+    payload = load_checkpoint(tmp_path / "m.pt")
+    change(payload)
+    with pytest.raises(LldiffError, match=message) as info:
+        model_from_checkpoint(payload, source="m.pt")
+    assert str(info.value).startswith("m.pt: ")
+
+
 def test_auto_exposure_shrinks_towards_the_prior(tiny_model):
     from dataclasses import replace
 
