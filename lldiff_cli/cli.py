@@ -161,9 +161,9 @@ def darken(
 
         try:
             if from_manifest is not None:
-                records = list(core.read_manifest(from_manifest).values())
                 if not in_dir.is_dir():
                     fail(f"input folder does not exist: {in_dir}")
+                records = core.manifest_records(from_manifest)
             else:
                 lv = core.LvRanges(**{name[2:]: _range(value, name)
                                       for name, value in ranges.items() if value is not None})

@@ -15,10 +15,11 @@ a parameter is a float, or a tensor of shape Nx1x1x1 giving one value per image.
   al., "A physics-based noise formation model for extreme low-light raw denoising",
   CVPR 2020, Eq. 2-4, without the raw-specific row and quantisation terms).
 * :func:`random_pair` - a dark version of a batch, for on-the-fly training pairs.
-* :func:`darken_folder` / :func:`rebuild_from_manifest` - the ``lldiff darken`` core:
-  a folder of photos to ``OUT/low``, ``OUT/high`` (and ``OUT/steps``) plus a manifest
-  from which the same dataset is rebuilt pixel for pixel. Both are a plan (manifest
-  records: :func:`plan_records` or :func:`read_manifest`) handed to :func:`write_dataset`.
+* :func:`darken_folder` / :func:`rebuild_from_manifest` - a folder of photos to
+  ``OUT/low``, ``OUT/high`` (and ``OUT/steps``) plus a manifest from which the same
+  dataset is rebuilt pixel for pixel. Each is a plan (manifest records:
+  :func:`plan_records` or :func:`manifest_records`) handed to :func:`write_dataset`;
+  ``lldiff darken`` makes the plan first, to size its progress bar, then hands it on.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import torch
@@ -349,12 +350,52 @@ def read_manifest(path: Path) -> dict[str, dict]:
             continue
         try:
             record = json.loads(line)
-            records[record["source"]] = record
-        except (json.JSONDecodeError, TypeError, KeyError):
+        except json.JSONDecodeError:
             if number == len(lines):
                 break
             raise LldiffError(f"{path} line {number} is not a manifest record") from None
+        problem = _record_problem(record)
+        if problem:
+            raise LldiffError(f"{path} line {number}: {problem}")
+        records[record["source"]] = record
     return records
+
+
+def manifest_records(path: Path) -> list[dict]:
+    """The records of the manifest at ``path`` to replay (:func:`read_manifest`); none is an error."""
+    records = list(read_manifest(path).values())
+    if not records:
+        raise LldiffError(f"manifest {path} has no records")
+    return records
+
+
+# What :func:`render` and the writer read from a record, by key and type.
+_RECORD_FIELDS = {"source": str, "low": str, "high": str, "steps": list, "mode": str, "params": dict}
+
+
+def _record_problem(record) -> str | None:
+    """Why a manifest record cannot be replayed, or None. Its paths must stay inside the
+    input and output folders: a record naming ../x or /x is refused, not followed."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for key, kind in _RECORD_FIELDS.items():
+        if not isinstance(record.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if record["mode"] not in ("lv", "scale"):
+        return f"unknown mode {record['mode']!r}; allowed: lv, scale"
+    needed = ("alpha", "beta", "gamma") if record["mode"] == "lv" else ("factor",)
+    missing = [key for key in needed if not isinstance(record["params"].get(key), (int, float))]
+    if missing:
+        return f"params lack {', '.join(missing)}"
+    noise = record.get("noise", "missing")
+    if noise is not None and not (isinstance(noise, dict) and all(
+            isinstance(noise.get(key), (int, float)) for key in ("gain", "read_noise", "seed"))):
+        return "'noise' must be null or hold numbers gain, read_noise and seed"
+    for name in (record["source"], record["low"], record["high"], *record["steps"]):
+        parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+        if not parts or parts[0] == "/" or ".." in parts:
+            return f"{name!r} is not a relative path inside the folder"
+    return None
 
 
 class _Manifest:
@@ -478,7 +519,4 @@ def rebuild_from_manifest(manifest: Path, src_dir: Path, out_dir: Path, *,
     Every record is replayed with its own parameters and seeds (the ranges and the
     options of the first run are not needed); ``out_dir`` gets its own manifest.
     """
-    records = list(read_manifest(manifest).values())
-    if not records:
-        raise LldiffError(f"manifest {manifest} has no records")
-    return write_dataset(src_dir, out_dir, records, overwrite=overwrite, on_item=on_item)
+    return write_dataset(src_dir, out_dir, manifest_records(manifest), overwrite=overwrite, on_item=on_item)

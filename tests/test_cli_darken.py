@@ -127,6 +127,10 @@ def test_rebuild_from_manifest_through_the_cli(tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     result = lldiff("darken", src, tmp_path / "three", "--noise", "--from-manifest", tmp_path / "one/manifest.jsonl")
     assert result.exit_code == 2 and "--from-manifest" in result.output
+    (tmp_path / "empty.jsonl").write_text("")
+    result = lldiff("darken", src, tmp_path / "four", "--from-manifest", tmp_path / "empty.jsonl")
+    assert result.exit_code == 2 and "has no records" in result.output
+    assert not (tmp_path / "four").exists()
 
 
 def test_scale_mode_and_alias(tmp_path):

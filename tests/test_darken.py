@@ -258,6 +258,26 @@ def test_corrupt_manifest_line_is_an_error(tmp_path):
         dk.read_manifest(tmp_path / "m.jsonl")
 
 
+@pytest.mark.parametrize("change, reason", [
+    (lambda r: r.pop("low"), "'low' is missing"),
+    (lambda r: r.update(steps="low/x.png"), "'steps' is missing or not a list"),
+    (lambda r: r.update(mode="blur"), "unknown mode 'blur'"),
+    (lambda r: r["params"].pop("gamma"), "params lack gamma"),
+    (lambda r: r.update(noise={"gain": 0.001}), "'noise'"),
+    (lambda r: r.update(low="../../outside.png"), "'../../outside.png' is not a relative path inside"),
+    (lambda r: r.update(high="/tmp/abs.png"), "'/tmp/abs.png' is not a relative path inside"),
+    (lambda r: r.update(source="../secret.png"), "'../secret.png' is not a relative path inside"),
+])
+def test_a_manifest_record_that_cannot_be_replayed_is_named(tmp_path, change, reason):
+    good = dk.make_record(dk.DarkenSettings(noise=dk.NoiseRanges()), Path("a.png"), ".png")
+    bad = json.loads(json.dumps(good))
+    change(bad)
+    (tmp_path / "m.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(LldiffError, match="m.jsonl line 2: ") as info:
+        dk.read_manifest(tmp_path / "m.jsonl")
+    assert reason in str(info.value)
+
+
 def test_outputs_inside_the_input_folder_are_not_inputs(tmp_path):
     src = make_folder(tmp_path / "src", ["a.png"])
     dk.darken_folder(src, src / "out", dk.DarkenSettings(), recursive=True)
