@@ -418,10 +418,10 @@ def train(
     import signal
 
     with user_errors():
-        from lldiff_cli.config import dump_yaml, load_config, to_dict
+        from lldiff_cli.config import load_config
         from lldiff_cli.device import pick_device
         from lldiff_cli.train import (TrainConfig, check_config, check_out_dir, distributed_env,
-                                      load_training_data, train as run_training)
+                                      load_training_data, start_run, train as run_training, undo_start)
 
         cfg = load_config(TrainConfig, config, overrides or [])
         check_config(cfg, resume)
@@ -430,12 +430,9 @@ def train(
         is_main = distributed_env()[0] == 0  # under torchrun only rank 0 writes and reports
         quiet = quiet or not is_main
         data = load_training_data(cfg)
+        created = start_run(cfg, data) if is_main else False
     out_dir = Path(cfg.out_dir)
-    created = not out_dir.exists()
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(to_dict(cfg), out_dir / "config.yaml")
-        (out_dir / "split.json").write_text(json.dumps({"val": data.val_names}, indent=1) + "\n")
         if data.skipped:
             name, reason = data.skipped[0]
             console.print(f"[yellow]{len(data.skipped)} file(s) left out[/], e.g. {escape(name)}: {escape(reason)}",
@@ -502,7 +499,7 @@ def train(
     except BaseException:
         if is_main and not resume and not started:  # it failed to start: leave no half-made run behind
             log_file.close()
-            _remove_failed_start(out_dir, created)
+            undo_start(out_dir, created)
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -517,17 +514,6 @@ def train(
         if is_main:
             console.print("continue with the same command and --resume", highlight=False)
         raise typer.Exit(130)
-
-
-def _remove_failed_start(out_dir: Path, created: bool) -> None:
-    """Remove what `lldiff train` wrote before its first step (config, split, log), and out_dir
-    itself if this run made it and nothing else is in it."""
-    if (out_dir / "last.pt").exists():
-        return
-    for name in ("config.yaml", "split.json", "log.jsonl", "curve.png"):
-        (out_dir / name).unlink(missing_ok=True)
-    if created and not any(out_dir.iterdir()):
-        out_dir.rmdir()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -235,6 +235,34 @@ def check_out_dir(cfg: TrainConfig, resume: bool) -> None:
                           "or set out_dir=... to start another")
 
 
+def start_run(cfg: TrainConfig, data: TrainData) -> bool:
+    """Make out_dir and write the run's record, config.yaml and split.json (the held-out names);
+    returns whether out_dir was made now, for :func:`undo_start`."""
+    import json
+
+    from lldiff_cli.batch import make_folder
+    from lldiff_cli.config import dump_yaml, to_dict
+
+    out_dir = Path(cfg.out_dir)
+    created = not out_dir.exists()
+    make_folder(out_dir, f"out_dir {out_dir}")
+    dump_yaml(to_dict(cfg), out_dir / "config.yaml")
+    (out_dir / "split.json").write_text(json.dumps({"val": data.val_names}, indent=1) + "\n")
+    return created
+
+
+def undo_start(out_dir: Path, created: bool) -> None:
+    """Remove what a run that failed before its first step wrote (config, split, log), and
+    out_dir itself if :func:`start_run` made it and nothing else is in it."""
+    out_dir = Path(out_dir)
+    if (out_dir / "last.pt").exists():
+        return
+    for name in ("config.yaml", "split.json", "log.jsonl", "curve.png"):
+        (out_dir / name).unlink(missing_ok=True)
+    if created and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
 def get_lr(step: int, cfg: OptimConfig) -> float:
     """Linear warm-up, then cosine decay to min_lr at max_steps."""
     if step < cfg.warmup:

@@ -97,6 +97,14 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert "input folder does not exist" in result.output and "Traceback" not in result.output
 
 
+def test_an_out_dir_it_cannot_make_is_one_line(tmp_path):
+    photos = make_photos(tmp_path / "photos", n=2)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    result = lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={tmp_path / 'afile' / 'run'}")
+    assert result.exit_code == 2, result.output
+    assert f"cannot create out_dir {tmp_path / 'afile' / 'run'}: Not a directory" in result.output.replace("\n", "")
+
+
 def test_two_processes_with_gloo(tmp_path):
     """torchrun, two CPU processes: DistributedDataParallel over gloo, rank 0 writes.
 
