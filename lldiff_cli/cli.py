@@ -228,9 +228,9 @@ def enhance(
     with user_errors():
         from lldiff_cli.device import pick_device, pick_precision
         from lldiff_cli.batch import prepare_output_dir
-        from lldiff_cli.enhance import EnhanceSettings, enhance_folder, in_precision
+        from lldiff_cli.enhance import EnhanceSettings, check_settings, enhance_folder, in_precision
         from lldiff_cli.errors import LldiffError
-        from lldiff_cli.images import list_images
+        from lldiff_cli.images import check_format, list_images
         from lldiff_cli.model import check_ensemble, load_model
 
         target = None
@@ -243,6 +243,7 @@ def enhance(
                 raise LldiffError(f"--exposure must be in (0, 1), got {target}")
         if ensemble is not None:  # before any file: a bad value would otherwise fail every image
             check_ensemble(ensemble, "--ensemble")
+        check_format(fmt)  # and before the model loads
         dev = pick_device(device)
         precision = pick_precision(precision, dev)
         files = list_images(in_dir, recursive)
@@ -250,6 +251,7 @@ def enhance(
         net = in_precision(load_model(model, map_location=dev).to(dev), precision)
         settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap,
                                    precision=precision, batch_size=batch_size, ensemble=ensemble)
+        check_settings(net, settings)
         with batch_progress(len(files), "enhance", quiet) as on_item:
             report = enhance_folder(net, in_dir, out_dir, device=dev, settings=settings, recursive=recursive,
                                     fmt=fmt, overwrite=overwrite, on_item=on_item, files=files)

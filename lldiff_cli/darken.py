@@ -36,7 +36,7 @@ import torch
 from lldiff_cli.atomic import atomic_write
 from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import FORMATS, Image, list_images, output_path, write_like
+from lldiff_cli.images import Image, check_format, list_images, output_path, write_like
 
 Param = float | torch.Tensor  # a float, or Nx1x1x1: one value per image of the batch
 MODES = ("lv", "scale")
@@ -447,8 +447,7 @@ def list_inputs(in_dir: Path, out_dir: Path, recursive: bool = False) -> list[Pa
 def plan_records(settings: DarkenSettings, rels: list[Path], fmt: str | None = None) -> list[dict]:
     """The manifest records of a batch (see :func:`make_record`), before any file is
     written: an unknown ``fmt`` or two inputs that would share an output are refused."""
-    if fmt is not None and fmt.lower().lstrip(".") not in FORMATS:
-        raise LldiffError(f"unknown output format {fmt!r}; allowed: {', '.join(sorted(FORMATS))}")
+    check_format(fmt)
     records, seen = [], {}
     for rel in rels:
         record = make_record(settings, rel, output_path(Path(), rel, fmt).suffix)

@@ -11,9 +11,10 @@ from typing import Callable, Optional
 
 import torch
 
+from lldiff_cli import schedule as S
 from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
 from lldiff_cli.device import pick_precision
-from lldiff_cli.images import Image, list_images, output_path, write_like
+from lldiff_cli.images import Image, check_format, list_images, output_path, write_like
 from lldiff_cli.tiling import DEFAULT_OVERLAP, enhance_tensor
 
 
@@ -50,11 +51,19 @@ def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device:
     return out.float().cpu()
 
 
+def check_settings(model, settings: EnhanceSettings, fmt: Optional[str] = None) -> None:
+    """Refuse, once and before any image, settings every image would fail on (LldiffError):
+    a step count the model's schedule does not have, an unknown output format."""
+    check_format(fmt)
+    S.ddim_timesteps(model.schedule.num_timesteps, settings.steps or model.config.steps, model.config.spacing)
+
+
 def enhance_folder(model, in_dir: Path, out_dir: Path, *, device: torch.device, settings: EnhanceSettings,
                    recursive: bool = False, fmt: Optional[str] = None, overwrite: bool = False,
                    on_item: Optional[Callable[[Path, str], None]] = None,
                    files: Optional[list[Path]] = None) -> BatchReport:
     """Enhance every image of ``in_dir`` into ``out_dir`` (same relative paths); see batch.run_batch."""
+    check_settings(model, settings, fmt)
     files = list_images(in_dir, recursive) if files is None else files
     prepare_output_dir(in_dir, out_dir)
 

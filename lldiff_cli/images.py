@@ -360,9 +360,14 @@ def output_path(out_root: Path, rel: Path, fmt: str | None = None) -> Path:
     """Where the output for input ``rel`` goes: the same relative path, extension
     replaced when ``fmt`` names a format."""
     target = Path(out_root) / rel
-    if fmt:
-        key = fmt.lower().lstrip(".")
-        if key not in FORMATS:
-            raise LldiffError(f"unknown output format {fmt!r}; allowed: {', '.join(sorted(FORMATS))}")
-        target = target.with_suffix(FORMATS[key])
-    return target
+    return target.with_suffix(check_format(fmt)) if fmt else target
+
+
+def check_format(fmt: str | None) -> str | None:
+    """The extension --format ``fmt`` writes (None: the input's own), or LldiffError listing the allowed."""
+    if fmt is None:
+        return None
+    key = fmt.lower().lstrip(".")
+    if key not in FORMATS:
+        raise LldiffError(f"unknown output format {fmt!r}; allowed: {', '.join(sorted(FORMATS))}")
+    return FORMATS[key]

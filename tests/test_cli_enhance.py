@@ -98,11 +98,14 @@ def test_enhance_tiles_and_format_and_exposure(tmp_path, checkpoint, dark_folder
     (["--precision", "float16", "--device", "cpu"], "--precision float16 needs CUDA"),
     (["--precision", "double"], "unknown precision 'double'"),
     (["--ensemble", "3"], "--ensemble must be one of 1, 2, 4, got 3"),
+    (["--steps", "5000"], "steps must be in 1..100, got 5000"),  # the test model's 100-step schedule
+    (["--format", "gif"], "unknown output format 'gif'"),
 ])
 def test_enhance_bad_options_are_one_line(tmp_path, checkpoint, dark_folder, args, message):
     result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, *args)
-    assert result.exit_code == 2
+    assert result.exit_code == 2  # refused once, before any image (not one failure per image)
     assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 def test_enhance_without_a_default_model_says_so(tmp_path, dark_folder, monkeypatch):
