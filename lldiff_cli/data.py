@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import list_images, read_image
@@ -218,25 +217,21 @@ def load_dataset(dataset: str | None = None, *, root: Path | None = None, split:
     return paired_folders(low, high) if high else unpaired_folder(low)
 
 
-def split_pairs(pairs: list[Pair], val_fraction: float, seed: int = 0,
-                group: Callable[[Pair], str] = lambda p: p.name) -> tuple[list[Pair], list[Pair]]:
-    """Hold out whole groups (scenes) for validation: returns (train, val).
+def split_by_blocks(names: list[str], val_fraction: float, block: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val): names sorted naturally are cut into blocks of ``block`` consecutive
+    names and every k-th block is held out, so near-duplicate neighbours stay on one side
+    (:func:`run_split` reads the result back from a run's split.json)."""
+    def key(i):
+        return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", names[i])]
 
-    ``group(pair)`` names a pair's scene (default: its name, since LOL has one pair per
-    scene); all pairs of a scene land on the same side. The split depends only on the
-    group names, ``val_fraction`` and ``seed``, not on the order of ``pairs``.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise LldiffError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    groups = sorted({group(p) for p in pairs})
-    random.Random(seed).shuffle(groups)
-    n_val = round(len(groups) * val_fraction)
-    if val_fraction > 0 and n_val == 0 and len(groups) > 1:
-        n_val = 1
-    held = set(groups[:n_val])
-    train = [p for p in pairs if group(p) not in held]
-    val = [p for p in pairs if group(p) in held]
-    return train, val
+    order = sorted(range(len(names)), key=key)
+    if val_fraction <= 0:
+        return order, []
+    every = max(2, round(1 / val_fraction))
+    train_idx, val_idx = [], []
+    for b in range(0, len(order), block):
+        (val_idx if (b // block) % every == every - 1 else train_idx).extend(order[b:b + block])
+    return train_idx, val_idx
 
 
 def run_split(pairs: list[Pair], run: Path, held_out: bool = True) -> list[Pair]:

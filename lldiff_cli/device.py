@@ -1,4 +1,4 @@
-"""The one place that decides where tensors live, and how noise is seeded."""
+"""The one place that decides where tensors live (device) and in what precision they are computed."""
 
 from __future__ import annotations
 
@@ -30,13 +30,6 @@ def pick_device(name: str = "auto") -> torch.device:
         # them to zero changes no result that survives 8-bit output.
         torch.set_flush_denormal(True)
     return torch.device(name)
-
-
-def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A seeded generator on ``device``: the only source of noise in sampling."""
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
 
 
 @functools.lru_cache(maxsize=None)

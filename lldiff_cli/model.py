@@ -34,7 +34,7 @@ from torch import nn
 from lldiff_cli import schedule as S
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.networks import HFRM, AnchorNet, ExposureNet, Refiner, UNet
-from lldiff_cli.wavelet import dwt2, idwt2
+from lldiff_cli.wavelet import dwt2, idwt2, waverec2
 
 PREDICTIONS = ("eps", "x0")
 ENSEMBLES = (1, 2, 4)
@@ -144,10 +144,7 @@ class WaveletDiffusion(nn.Module):
 
     def reconstruct(self, band: torch.Tensor, highs: list[torch.Tensor]) -> torch.Tensor:
         """Inverse of decompose with the given detail bands: -> [0, 1] image (not clamped)."""
-        ll = band * (2 ** self.config.levels)
-        for high in reversed(highs):
-            ll = idwt2(ll, high)
-        return (ll + 1) / 2
+        return (waverec2(band * (2 ** self.config.levels), highs) + 1) / 2
 
     # --- pieces -------------------------------------------------------------------
 

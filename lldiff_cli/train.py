@@ -292,7 +292,7 @@ class TrainData:
 
 def load_training_data(cfg: TrainConfig) -> TrainData:
     """Find, split and decode the configured data (data.py resolves every paired layout)."""
-    from lldiff_cli.data import load_dataset
+    from lldiff_cli.data import load_dataset, split_by_blocks
     from lldiff_cli.images import list_images
 
     d, out = cfg.data, TrainData()
@@ -831,21 +831,3 @@ def _plain(obj):
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
-
-
-def split_by_blocks(names: list[str], val_fraction: float, block: int) -> tuple[list[int], list[int]]:
-    """Indices (train, val): names sorted naturally are cut into blocks of ``block`` consecutive
-    names and every k-th block is held out, so near-duplicate neighbours stay on one side."""
-    import re
-
-    def key(i):
-        return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", names[i])]
-
-    order = sorted(range(len(names)), key=key)
-    if val_fraction <= 0:
-        return order, []
-    every = max(2, round(1 / val_fraction))
-    train_idx, val_idx = [], []
-    for b in range(0, len(order), block):
-        (val_idx if (b // block) % every == every - 1 else train_idx).extend(order[b:b + block])
-    return train_idx, val_idx

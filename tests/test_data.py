@@ -114,19 +114,13 @@ def test_limit(tmp_path):
         ds.limit(0)
 
 
-def test_split_pairs_holds_out_whole_scenes_reproducibly():
-    pairs = [D.Pair(f"s{i // 3}_{i % 3}", Path(f"{i}.png"), Path(f"{i}.png")) for i in range(30)]
-    scene = lambda p: p.name.split("_")[0]  # noqa: E731
-    train, val = D.split_pairs(pairs, 0.2, seed=1, group=scene)
-    assert len(val) == 6 and len(train) == 24
-    assert not {scene(p) for p in train} & {scene(p) for p in val}
-    again = D.split_pairs(list(reversed(pairs)), 0.2, seed=1, group=scene)[1]
-    assert {p.name for p in again} == {p.name for p in val}
-    assert D.split_pairs(pairs, 0.2, seed=2, group=scene)[1] != val
-    assert D.split_pairs(pairs, 0.0)[1] == []
-    assert len(D.split_pairs(pairs[:3], 0.01)[1]) == 1
-    with pytest.raises(LldiffError):
-        D.split_pairs(pairs, 1.0)
+def test_split_by_blocks_holds_out_every_kth_block_of_neighbours():
+    names = [str(i) for i in range(20, 0, -1)]  # natural order: 1, 2, ..., 10, not 1, 10, 11
+    train, val = D.split_by_blocks(names, 0.25, 2)
+    assert sorted(names[i] for i in val) == ["15", "16", "7", "8"]  # the 4th and 8th blocks of 2
+    assert sorted(train + val) == list(range(20))
+    assert D.split_by_blocks(names, 0.0, 2)[1] == []
+    assert len(D.split_by_blocks(names, 0.9, 1)[1]) == 10  # at most every other block
 
 
 def test_run_split_reads_the_runs_held_out_names(tmp_path):
