@@ -175,11 +175,17 @@ class WaveletDiffusion(nn.Module):
     def make_anchor(self, dark_band: torch.Tensor, exposure: torch.Tensor) -> Optional[torch.Tensor]:
         return None if self.anchor_net is None else self.anchor_net(dark_band, exposure)
 
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, dark_band: torch.Tensor,
+                anchor: Optional[torch.Tensor], exposure: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output for x_t: eps* or x_0, as ``config.prediction`` says. It sees x_t,
+        the dark band and the anchor (when there is one) stacked, and the exposure as a condition."""
+        inputs = [x_t, dark_band] + ([anchor] if anchor is not None else [])
+        return self.unet(torch.cat(inputs, dim=1), t, exposure[:, None])
+
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, dark_band: torch.Tensor,
                 anchor: Optional[torch.Tensor], exposure: torch.Tensor) -> torch.Tensor:
         """The network's eps* for x_t (converted from an x_0 prediction when prediction == 'x0')."""
-        inputs = [x_t, dark_band] + ([anchor] if anchor is not None else [])
-        out = self.unet(torch.cat(inputs, dim=1), t, exposure[:, None])
+        out = self.predict(x_t, t, dark_band, anchor, exposure)
         if self.config.prediction == "eps":
             return out
         return S.eps_from_x0(self.schedule, x_t, t, out)
@@ -291,8 +297,7 @@ class WaveletDiffusion(nn.Module):
         noise = torch.randn(band_b.shape, generator=generator, device=dark.device)
         x_t = S.q_sample(self.schedule, band_b, t, noise, anchor)
         target = S.target_noise(self.schedule, t, noise, anchor)
-        inputs = [x_t, band_d] + ([anchor] if anchor is not None else [])
-        out = self.unet(torch.cat(inputs, dim=1), t, exposure[:, None])
+        out = self.predict(x_t, t, band_d, anchor, exposure)
         if self.config.prediction == "eps":
             eps = out
             x0 = S.predict_x0(self.schedule, x_t, t, eps).clamp(-1, 1)
