@@ -194,10 +194,8 @@ def evaluate(
     for pair in dataset.pairs:
         try:
             low_t, high_t = read_pair(pair)
-        except LldiffError as exc:
-            reason = getattr(exc, "reason", None) or str(exc)
-            if hasattr(exc, "path"):
-                reason = f"{exc.path}: {reason}"
+        except LldiffError as exc:  # an unreadable file ("path: reason") or sizes that differ
+            reason = str(exc)
             failures.append((pair.name, reason))
             if on_item:
                 on_item(pair.name, f"failed: {reason}")
