@@ -50,20 +50,23 @@ def user_errors():
         fail(str(exc))
 
 
+def _progress(quiet: bool, *extra):
+    """A Rich progress display: description, bar, done / total, rate, elapsed, ETA, then ``extra`` columns."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), *extra, console=console, disable=quiet)
+
+
 @contextmanager
 def batch_progress(total: int, description: str, quiet: bool):
     """A Rich progress bar (count, rate, ETA); yields the ``on_item`` callback for run_batch.
 
     Failures are printed as they happen, with the file and the reason.
     """
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), console=console, disable=quiet, transient=False,
-    )
+    progress = _progress(quiet)
     task = progress.add_task(description, total=total, rate="")
 
     def on_item(rel: Path, status: str) -> None:
@@ -217,6 +220,7 @@ def enhance(
     device: Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles of a tiled image that go through the model together (faster on a GPU; more memory).", min=1)] = 1,
     tile: Annotated[Optional[int], typer.Option(help="Tile size in pixels. Default: the default model tiles images above 0.4 megapixels (600x400 is not tiled) in 640-pixel tiles, so time grows linearly and memory stays under 1 GB on a CPU whatever the photo's size (the bound is 4x smaller per wavelet level less).", min=16)] = None,
+    # 64 = tiling.DEFAULT_OVERLAP, written out: importing tiling would load torch for --help (tested).
     overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles in pixels; seams are blended over it.", min=0)] = 64,
     precision: Annotated[str, typer.Option(help="auto (bfloat16 on a CPU that has it in hardware, 1.5x faster, same scores; else float32), float32, bfloat16, or float16 (CUDA only; faster, less memory).")] = "auto",
     recursive: RecursiveOpt = False,
@@ -444,12 +448,9 @@ def train(
         console.print(f"training on {' + '.join(sources)}, validating on {len(data.val_pairs)}; device {dev}; "
                       f"out {escape(str(out_dir))}", highlight=False, soft_wrap=True)
 
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import TextColumn
 
-    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
-                        console=console, disable=quiet)
+    progress = _progress(quiet, TextColumn("{task.fields[loss]}"))
     task = progress.add_task("train", total=cfg.optim.max_steps, rate="", loss="")
     started = []
 

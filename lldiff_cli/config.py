@@ -92,7 +92,16 @@ def _coerce(tp, value, where: str):
 
 
 def to_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
+    """A config dataclass as plain dicts and lists (tuples too become lists): storable as YAML
+    and in a weights_only checkpoint."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(obj))
 
 
 def load_yaml(path: Path) -> dict:

@@ -114,7 +114,7 @@ def drds_coef(schedule: Schedule, t) -> torch.Tensor:
     return ((1 - prev.sqrt()) * (1 - alpha) - alpha.sqrt() * (1 - alpha.sqrt()) * (1 - prev)) / (1 - abar)
 
 
-def _shift(schedule: Schedule, abar: torch.Tensor, anchor: Optional[torch.Tensor]):
+def _shift(abar: torch.Tensor, anchor: Optional[torch.Tensor]):
     """(1 - sqrt(abar)) * anchor, the DRDA mean shift of x_t (0 without an anchor)."""
     return 0.0 if anchor is None else (1 - abar.sqrt()) * anchor
 
@@ -131,7 +131,7 @@ def q_sample(schedule: Schedule, x0: torch.Tensor, t, noise: torch.Tensor,
     """
     t = _as_t(t, x0)
     abar = _bcast(schedule.alphas_cumprod, t, x0)
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise + _shift(schedule, abar, anchor)
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise + _shift(abar, anchor)
 
 
 def target_noise(schedule: Schedule, t, noise: torch.Tensor,
@@ -250,10 +250,10 @@ def ddim_step(schedule: Schedule, eps_star: torch.Tensor, t: int, t_prev: int, x
     abar = schedule.alphas_cumprod[t]
     prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
     # The unshifted eps consistent with x_t and the (clipped) x0 estimate.
-    eps = (x_t - abar.sqrt().item() * x0 - _shift(schedule, abar, anchor)) / (1 - abar).sqrt().item()
+    eps = (x_t - abar.sqrt().item() * x0 - _shift(abar, anchor)) / (1 - abar).sqrt().item()
     sigma = eta * math.sqrt(ddim_variance(schedule, t, t_prev))
     x_prev = prev.sqrt().item() * x0 + math.sqrt(max(1 - prev.item() - sigma ** 2, 0.0)) * eps
-    x_prev = x_prev + _shift(schedule, prev, anchor)
+    x_prev = x_prev + _shift(prev, anchor)
     if sigma > 0:
         x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
     return x_prev, x0
@@ -273,7 +273,7 @@ def ddim_sample(schedule: Schedule, denoise: Denoiser, x_start: torch.Tensor, ti
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         eps = denoise(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
-        x, x0 = ddim_step(schedule, eps, t, t_prev, x, eta=eta, generator=generator, anchor=anchor, clip=clip)
+        x, _ = ddim_step(schedule, eps, t, t_prev, x, eta=eta, generator=generator, anchor=anchor, clip=clip)
     return x
 
 

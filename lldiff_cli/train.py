@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from lldiff_cli.config import dump_yaml, to_dict
 from lldiff_cli.darken import MODES as DARKEN_MODES, LvRanges, NoiseRanges, random_pair, seed_for
 from lldiff_cli.errors import ImageReadError, LldiffError
 from lldiff_cli.model import ModelConfig, WaveletDiffusion, build_model, load_checkpoint, save_checkpoint, ssim_torch
@@ -241,7 +242,6 @@ def start_run(cfg: TrainConfig, data: TrainData) -> bool:
     import json
 
     from lldiff_cli.batch import make_folder
-    from lldiff_cli.config import dump_yaml, to_dict
 
     out_dir = Path(cfg.out_dir)
     created = not out_dir.exists()
@@ -664,7 +664,7 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
 
     def checkpoint(name: str) -> None:
         extra = {"ema_state_dict": ema.state, "optimizer": opt.state_dict(), "step": step,
-                 "best_psnr": best_psnr, "history": history, "train_config": _plain(asdict(cfg)),
+                 "best_psnr": best_psnr, "history": history, "train_config": to_dict(cfg),
                  "scaler": scaler.state_dict(), "world_size": world,
                  # Batches and the loss's draws are seeded per step, so this is for the record only.
                  "rng": {"torch": torch.get_rng_state()}}
@@ -824,10 +824,3 @@ def write_curve(history: list[dict], path: Path, width: int = 720, height: int =
         img.save(tmp, format="PNG")
 
 
-def _plain(obj):
-    """Dataclass dict with tuples as lists: storable in a weights_only checkpoint and in YAML."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj

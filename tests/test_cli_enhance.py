@@ -174,3 +174,12 @@ def test_enhance_reads_and_writes_phone_heic(tmp_path, checkpoint, dark_folder):
     assert pillow_heif.open_heif(tmp_path / "out" / "IMG_0002.HEIC").info["bit_depth"] == 10
     result = lldiff("enhance", dark_folder, tmp_path / "as_heic", "--model", checkpoint, "--quiet", "--format", "heic")
     assert read_image(tmp_path / "as_heic" / "a.heic").size == (21, 30)
+
+
+def test_the_overlap_default_is_the_tilings():
+    import inspect
+
+    from lldiff_cli import cli
+    from lldiff_cli.tiling import DEFAULT_OVERLAP
+
+    assert inspect.signature(cli.enhance).parameters["overlap"].default == DEFAULT_OVERLAP
