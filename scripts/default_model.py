@@ -64,7 +64,7 @@ def run_pairs(run: Path, held_out: bool = True, every: int = 1, limit: int = 0) 
     ``every``-th, the first ``limit`` of those (0: all); only those are read."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     data = cfg["data"]
-    if data.get("low") and data.get("high"):
+    if data["layout"].lower() == "paired":  # as training reads it (train.load_training_data)
         low_dir, high_dir = Path(data["low"]), Path(data["high"])
     else:
         low_dir, high_dir = layout_dirs(data["layout"], Path(data["root"]), data.get("split", "train"))
@@ -119,7 +119,7 @@ def same_payload(path: Path, ship: dict) -> bool:
     different bytes for the same tensors, and each rewrite would add the whole file to git."""
     if not path.is_file():
         return False
-    old = torch.load(path, map_location="cpu", weights_only=False)
+    old = torch.load(path, map_location="cpu", weights_only=True)
     mine, theirs = ship["state_dict"], old.get("state_dict", {})
     return (old.get("format") == ship["format"] and old.get("config") == ship["config"]
             and mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine))
@@ -195,7 +195,7 @@ def stage(run: str, steps, train_config: dict) -> dict:
             "train_only": list(train_config.get("train_only") or []) or None}
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["calibrate", "sweep", "ship", "keep", "merge"])
     parser.add_argument("run", type=Path)
@@ -222,39 +222,62 @@ def main() -> None:
     parser.add_argument("--hardware", default=None, help="ship: where it was trained (default: this machine)")
     parser.add_argument("--base", type=Path, default=None, help="merge: the weights the run started from")
     parser.add_argument("--mix", default="", help="merge: module=w pairs, w the run's share (e.g. hfrms=1,unet=0.3)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None, models: Path = ROOT / "models") -> None:
+    """Run one action (see the module doc); ``ship`` and ``keep`` write under ``models``."""
+    args = parse_args(argv)
     torch.set_flush_denormal(True)
     if args.action == "keep":
-        keep(args.run, ROOT / "models" / "train-state" / "default")
+        keep(args.run, models / "train-state" / "default")
         return
     if args.action == "merge" and args.base is None:
         sys.exit("merge needs --base, the weights the run started from")
-    ckpt = args.run / args.checkpoint
-    payload = load_checkpoint(ckpt)
+    payload = load_checkpoint(args.run / args.checkpoint)
     if args.action == "merge":
-        tuned = model_from_checkpoint(payload, source=str(ckpt))
-        merged = merge(model_from_checkpoint(load_checkpoint(args.base), source=str(args.base)), tuned,
-                       parse_mix(args.mix))
-        out = args.run / "merged.pt"
-        with atomic_write(out) as tmp:
-            torch.save({"format": payload["format"], "config": asdict(tuned.config), "state_dict": merged, "step": 0,
-                        "merged": {"base": str(args.base), "checkpoint": args.checkpoint, "mix": args.mix}}, tmp)
-        print(f"wrote {out}")
-        return
-    if args.action == "calibrate":
-        model = model_from_checkpoint(payload)
-        train_pairs, _ = run_pairs(args.run, held_out=False)
-        calibrate(model, train_pairs)
-        with torch.no_grad():  # the prior: the mean estimate over the training images
-            estimates = [float(model.auto_exposure(low)) for _, low, _ in train_pairs]
-        model.config = replace(model.config, exposure_prior=round(sum(estimates) / len(estimates), 4))
-        out = args.run / "calibrated.pt"
-        with atomic_write(out) as tmp:
-            torch.save({"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict(),
-                        "step": payload.get("step"), "history": payload.get("history", []),
-                        "calibrated_from": args.checkpoint}, tmp)
-        print(f"wrote {out}")
-        return
+        write_merged(args, payload)
+    elif args.action == "calibrate":
+        write_calibrated(args, payload)
+    else:
+        model, result, cfg = sweep(args, payload)
+        if args.action == "ship":
+            ship(args, payload, model, result, cfg, models)
+
+
+def write_merged(args: argparse.Namespace, payload: dict) -> None:
+    """RUN/merged.pt: the run's checkpoint merged into --base by --mix (see :func:`merge`)."""
+    ckpt = args.run / args.checkpoint
+    tuned = model_from_checkpoint(payload, source=str(ckpt))
+    merged = merge(model_from_checkpoint(load_checkpoint(args.base), source=str(args.base)), tuned,
+                   parse_mix(args.mix))
+    out = args.run / "merged.pt"
+    with atomic_write(out) as tmp:
+        torch.save({"format": payload["format"], "config": asdict(tuned.config), "state_dict": merged, "step": 0,
+                    "merged": {"base": str(args.base), "checkpoint": args.checkpoint, "mix": args.mix}}, tmp)
+    print(f"wrote {out}")
+
+
+def write_calibrated(args: argparse.Namespace, payload: dict) -> None:
+    """RUN/calibrated.pt: the exposure estimator refitted on the training images (:func:`calibrate`),
+    with their mean estimate as the model's exposure_prior."""
+    model = model_from_checkpoint(payload)
+    train_pairs, _ = run_pairs(args.run, held_out=False)
+    calibrate(model, train_pairs)
+    with torch.no_grad():  # the prior: the mean estimate over the training images
+        estimates = [float(model.auto_exposure(low)) for _, low, _ in train_pairs]
+    model.config = replace(model.config, exposure_prior=round(sum(estimates) / len(estimates), 4))
+    out = args.run / "calibrated.pt"
+    with atomic_write(out) as tmp:
+        torch.save({"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict(),
+                    "step": payload.get("step"), "history": payload.get("history", []),
+                    "calibrated_from": args.checkpoint}, tmp)
+    print(f"wrote {out}")
+
+
+def sweep(args: argparse.Namespace, payload: dict) -> tuple[WaveletDiffusion, dict, dict]:
+    """Score every combination of the sampler options given (one JSON line each); returns the
+    last combination's model and scores, and the run's config."""
     if args.every < 1 or args.limit < 0:
         sys.exit("--every must be at least 1 and --limit at least 0")
     if args.action == "ship" and args.on != "held-out":
@@ -274,7 +297,6 @@ def main() -> None:
     if args.action == "ship" and len(grid) != 1:
         sys.exit("ship takes one value per sampler option")
     precision = pick_precision(args.precision, torch.device("cpu"))
-    results = []
     for steps, eta, start_noise, spacing, shrink, prior, spread, ensemble in grid:
         model = sampler_model(payload, steps=steps, eta=eta, start_noise=start_noise, spacing=spacing,
                               exposure_shrink=shrink, exposure_prior=prior, exposure_spread=spread,
@@ -285,38 +307,28 @@ def main() -> None:
                   "exposure_shrink": c.exposure_shrink, "exposure_prior": c.exposure_prior,
                   "exposure_spread": c.exposure_spread,
                   "precision": precision, **score(model, pairs, EnhanceSettings(precision=precision))}
-        results.append(result)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
-    if args.action == "sweep":
-        return
+    return model, result, cfg
 
-    result = results[0]
-    models = ROOT / "models"
+
+def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, result: dict, cfg: dict,
+         models: Path) -> None:
+    """Write MODELS/lldiff-default.pt (EMA weights and config) and its card, MODELS/lldiff-default.yaml."""
     weights = models / f"{DEFAULT_MODEL_NAME}.pt"
     card_path = models / f"{DEFAULT_MODEL_NAME}.yaml"
     # Read before it is replaced: a run grown from the shipped weights inherits their stages.
     previous = yaml.safe_load(card_path.read_text()) if card_path.is_file() else {}
-    ship = {"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict()}
-    models.mkdir(exist_ok=True)
-    if same_payload(weights, ship):  # re-shipped for the card alone: keep the file and its sha256
+    shipped = {"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict()}
+    models.mkdir(parents=True, exist_ok=True)
+    if same_payload(weights, shipped):  # re-shipped for the card alone: keep the file and its sha256
         print(f"{weights}: the same weights and config; left as is")
     else:
         with atomic_write(weights) as tmp:
-            torch.save(ship, tmp)
-    history = payload.get("history", [])
-    stages = [stage(args.stage or str(args.run), payload.get("step"), cfg)]
-    init, inherited = cfg.get("init"), []
-    while init and Path(init).is_file():  # a run that started from another's weights: name the chain
-        if Path(init).resolve() == weights.resolve():  # the model shipped before: its card holds its stages
-            # (shipping this run again: that card already lists it)
-            inherited = [s for s in previous.get("training", {}).get("stages", []) if s != stages[0]]
-            break
-        parent = load_checkpoint(Path(init))
-        parent_cfg = parent.get("train_config", {})
-        stages.append(stage(str(Path(init).parent), parent.get("step"), parent_cfg))
-        init = parent_cfg.get("init")
-    stages = inherited + list(reversed(stages))
+            torch.save(shipped, tmp)
+    stages = training_stages(args.stage or str(args.run), payload, cfg, weights, previous)
     counted = [s.get("steps") for s in stages]
+    data = cfg["data"]
+    held_out = len(json.loads((args.run / "split.json").read_text())["val"])
     card = {
         "name": DEFAULT_MODEL_NAME,
         "weights": weights.name,
@@ -330,8 +342,8 @@ def main() -> None:
                     for k in ("steps", "eta", "spacing", "start_noise", "clip", "ensemble", "exposure_spread")},
         "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink},
         "training": {
-            "data": f"LOL our485 ({cfg['data'].get('layout')}), {len(json.loads((args.run / 'split.json').read_text())['val'])} "
-                    f"pairs held out in blocks of {cfg['data'].get('val_block')} consecutive names",
+            "data": f"{data_description(data)}, {held_out} pairs held out in blocks of "
+                    f"{data.get('val_block')} consecutive names",
             "config": cfg,
             # every stage's steps: the weights' whole training
             "steps": sum(counted) if all(isinstance(n, int) for n in counted) else payload.get("step"),
@@ -341,7 +353,7 @@ def main() -> None:
             "hardware": args.hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
                                          f"torch {torch.__version__}",
             "wall_time_hours": args.wall_hours,
-            "curve": [h for h in history if "val_psnr" in h],
+            "curve": [h for h in payload.get("history", []) if "val_psnr" in h],
         },
         "validation": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
         "protocol": "lldiff eval protocol (README): 8-bit RGB PSNR, Gaussian SSIM; GT-mean columns separate",
@@ -351,6 +363,30 @@ def main() -> None:
     with atomic_write(card_path) as tmp:
         tmp.write_text(yaml.safe_dump(card, sort_keys=False))
     print(f"wrote {weights} ({card['size_mb']} MB) and its card")
+
+
+def training_stages(name: str, payload: dict, cfg: dict, weights: Path, previous: dict) -> list[dict]:
+    """The card's training.stages, first to last: this run's, after the runs it started from
+    (``init``) or, when it started from the weights shipped before, after their card's stages."""
+    stages = [stage(name, payload.get("step"), cfg)]
+    init, inherited = cfg.get("init"), []
+    while init and Path(init).is_file():  # a run that started from another's weights: name the chain
+        if Path(init).resolve() == weights.resolve():  # the model shipped before: its card holds its stages
+            # (shipping this run again: that card already lists it)
+            inherited = [s for s in previous.get("training", {}).get("stages", []) if s != stages[0]]
+            break
+        parent = load_checkpoint(Path(init))
+        parent_cfg = parent.get("train_config", {})
+        stages.append(stage(str(Path(init).parent), parent.get("step"), parent_cfg))
+        init = parent_cfg.get("init")
+    return inherited + list(reversed(stages))
+
+
+def data_description(data: dict) -> str:
+    """The training data of a run's config, as the card says it: 'LOL (data/LOL, train split)'."""
+    if data.get("layout", "").lower() == "paired":
+        return f"paired folders {data.get('low')} and {data.get('high')}"
+    return f"{data.get('layout')} ({data.get('root')}, {data.get('split', 'train')} split)"
 
 
 if __name__ == "__main__":

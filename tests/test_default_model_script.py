@@ -27,7 +27,7 @@ def run(tmp_path, exposure_aware_model):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(
-        {"data": {"layout": "LOL", "low": str(tmp_path / "low"), "high": str(tmp_path / "high")}}))
+        {"data": {"layout": "paired", "low": str(tmp_path / "low"), "high": str(tmp_path / "high"), "val_block": 1}}))
     (run / "split.json").write_text(json.dumps({"val": ["3"]}))
     save_checkpoint(exposure_aware_model, run / "best.pt")
     return run
@@ -62,6 +62,29 @@ def test_ship_refuses_training_pairs_and_bad_values_are_one_line(monkeypatch, ca
     monkeypatch.setattr(sys, "argv", ["default_model.py", "sweep", str(run), "--exposure-spread", "0,abc"])
     with pytest.raises(SystemExit, match="not a comma-separated list of float values: '0,abc'"):
         default_model.main()
+
+
+def test_ship_writes_the_weights_and_a_card_that_describes_them(tmp_path, capsys, run):
+    from lldiff_cli.model import load_model, sha256_of
+
+    models = tmp_path / "models"
+    argv = ["ship", str(run), "--steps", "1", "--ensemble", "1", "--exposure-prior", "0.4", "--wall-hours", "0.1",
+            "--notes", "a test"]
+    default_model.main(argv, models=models)
+    card = yaml.safe_load((models / "lldiff-default.yaml").read_text())
+    weights = models / "lldiff-default.pt"
+    assert card["sha256"] == sha256_of(weights) and card["weights"] == "lldiff-default.pt"
+    assert card["sampler"]["steps"] == 1 and card["auto_exposure"]["prior"] == 0.4
+    assert card["validation"]["n"] == 1 and card["validation"]["psnr"] > 0
+    assert card["training"]["data"].startswith("paired folders") and "1 pairs held out" in card["training"]["data"]
+    assert card["training"]["stages"] == [{"run": str(run), "steps": None, "init": None, "train_only": None}]
+    assert card["notes"] == "a test" and card["training"]["wall_time_hours"] == 0.1
+    model = load_model(models / "lldiff-default.yaml")  # the card and weights load as the default would
+    assert model.config.steps == 1 and model.config.exposure_prior == 0.4
+    before = weights.stat().st_mtime_ns
+    default_model.main(argv + ["--notes", "card only"], models=models)  # the same weights: file kept
+    assert weights.stat().st_mtime_ns == before
+    assert yaml.safe_load((models / "lldiff-default.yaml").read_text())["notes"] == "card only"
 
 
 def test_ship_keeps_a_weights_file_that_holds_the_same_payload(tmp_path, exposure_aware_model):
