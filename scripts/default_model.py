@@ -383,10 +383,12 @@ def training_stages(name: str, payload: dict, cfg: dict, weights: Path, previous
 
 
 def data_description(data: dict) -> str:
-    """The training data of a run's config, as the card says it: 'LOL (data/LOL, train split)'."""
-    if data.get("layout", "").lower() == "paired":
-        return f"paired folders {data.get('low')} and {data.get('high')}"
-    return f"{data.get('layout')} ({data.get('root')}, {data.get('split', 'train')} split)"
+    """The training pairs of a run's config, as the card says them: 'LOL train split (data/LOL/our485)'."""
+    if data["layout"].lower() == "paired":
+        return f"paired folders {data['low']} and {data['high']}"
+    split = data.get("split", "train")
+    low_dir, _ = layout_dirs(data["layout"], Path(data["root"]), split)
+    return f"{data['layout']} {split} split ({low_dir.parent})"
 
 
 if __name__ == "__main__":
