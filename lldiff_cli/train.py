@@ -632,18 +632,7 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     step, best_psnr, history = 0, -1.0, []
     if resume:
-        state = load_checkpoint(out / "last.pt", map_location=device)
-        try:
-            model.load_state_dict(state["state_dict"], strict=True)
-        except RuntimeError:
-            differ = sorted(k for k, v in asdict(cfg.model).items() if state["config"].get(k) != v)
-            raise LldiffError(f"{out / 'last.pt'} holds another model (model.{', model.'.join(differ) or '?'} "
-                              "differ from the config); resume with the run's own config.yaml") from None
-        ema.state = {k: v.to(device) for k, v in state["ema_state_dict"].items()}
-        opt.load_state_dict(state["optimizer"])
-        if state.get("scaler"):  # absent in checkpoints of CPU runs and of older versions
-            scaler.load_state_dict(state["scaler"])
-        step, best_psnr, history = state["step"], state["best_psnr"], list(state["history"])
+        step, best_psnr, history = _resume(out / "last.pt", cfg.model, model, ema, opt, scaler, device)
     if init_record and main and on_log:
         on_log(init_record)
     if cfg.compile:
@@ -741,6 +730,23 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
         _check_replicas(model, ema, world, device)
         dist.barrier()  # the checkpoint is on disk before any process exits
     return {**last, "step": step, "best_psnr": best_psnr}
+
+
+def _resume(path: Path, model_cfg: ModelConfig, model: nn.Module, ema: EMA, opt, scaler, device) -> tuple:
+    """Load a run's last.pt into the model, its EMA, the optimiser and the AMP scaler, in place;
+    returns (step, best_psnr, history) to continue from."""
+    state = load_checkpoint(path, map_location=device)
+    try:
+        model.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError:
+        differ = sorted(k for k, v in asdict(model_cfg).items() if state["config"].get(k) != v)
+        raise LldiffError(f"{path} holds another model (model.{', model.'.join(differ) or '?'} "
+                          "differ from the config); resume with the run's own config.yaml") from None
+    ema.state = {k: v.to(device) for k, v in state["ema_state_dict"].items()}
+    opt.load_state_dict(state["optimizer"])
+    if state.get("scaler"):  # absent in checkpoints of CPU runs and of older versions
+        scaler.load_state_dict(state["scaler"])
+    return state["step"], state["best_psnr"], list(state["history"])
 
 
 @torch.no_grad()
