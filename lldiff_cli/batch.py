@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import Image, read_image
+from lldiff_cli.images import Image, list_images, read_image
 
 
 @dataclass
@@ -41,6 +41,31 @@ def prepare_output_dir(in_dir: Path, out_dir: Path) -> Path:
         raise LldiffError(f"output folder is the input folder ({out_dir}); "
                           "choose another folder so the originals are never overwritten")
     return make_folder(out_dir)
+
+
+def list_inputs(in_dir: Path, out_dir: Path, recursive: bool = False) -> list[Path]:
+    """The images of ``in_dir`` (see images.list_images), less any inside ``out_dir`` when the
+    output folder lies within the input folder: a batch never takes its own outputs as inputs."""
+    rels = list_images(in_dir, recursive)
+    try:
+        inside = Path(out_dir).resolve().relative_to(Path(in_dir).resolve())
+    except ValueError:
+        return rels
+    if not inside.parts:  # the input folder itself: prepare_output_dir refuses it
+        return rels
+    return [rel for rel in rels if rel.parts[:len(inside.parts)] != inside.parts]
+
+
+def refuse_shared_outputs(rels: list[Path], target: Callable[[Path], Path]) -> None:
+    """LldiffError when two inputs would be written to one output, ``target(rel)`` (a.png and
+    a.jpg with --format png, say): one would silently replace the other."""
+    seen: dict[Path, Path] = {}
+    for rel in rels:
+        out = target(rel)
+        other = seen.setdefault(out, rel)
+        if other != rel:
+            raise LldiffError(f"{other} and {rel} would both be written to {out}; "
+                              "drop --format or rename one of them")
 
 
 def make_folder(folder: Path, what: str | None = None) -> Path:

@@ -160,7 +160,7 @@ def darken(
 
     with user_errors():
         from lldiff_cli import darken as core
-        from lldiff_cli.batch import prepare_output_dir
+        from lldiff_cli.batch import list_inputs, prepare_output_dir
 
         try:
             if from_manifest is not None:
@@ -180,7 +180,7 @@ def darken(
                     mode=mode.value, lv=lv, factor=0.5 if factor is None else factor,
                     progressive=progressive, steps=10 if steps is None else steps,
                     noise=noise_ranges, seed=seed)
-                rels = core.list_inputs(in_dir, out_dir, recursive)
+                rels = list_inputs(in_dir, out_dir, recursive)
                 if not rels:
                     console.print(f"[yellow]no images in {escape(str(in_dir))}[/]"
                                   + ("" if recursive else " (--recursive also looks in sub-folders)"),
@@ -231,10 +231,10 @@ def enhance(
     """Enhance every image in IN_DIR with a diffusion model; write them to OUT_DIR."""
     with user_errors():
         from lldiff_cli.device import pick_device, pick_precision
-        from lldiff_cli.batch import prepare_output_dir
+        from lldiff_cli.batch import list_inputs, prepare_output_dir, refuse_shared_outputs
         from lldiff_cli.enhance import EnhanceSettings, check_settings, enhance_folder, in_precision
         from lldiff_cli.errors import LldiffError
-        from lldiff_cli.images import check_format, list_images
+        from lldiff_cli.images import check_format, output_path
         from lldiff_cli.model import check_ensemble, load_model
 
         target = None
@@ -250,7 +250,8 @@ def enhance(
         check_format(fmt)  # and before the model loads
         dev = pick_device(device)
         precision = pick_precision(precision, dev)
-        files = list_images(in_dir, recursive)
+        files = list_inputs(in_dir, out_dir, recursive)
+        refuse_shared_outputs(files, lambda rel: output_path(out_dir, rel, fmt))
         prepare_output_dir(in_dir, out_dir)  # a bad output folder fails before the model loads
         net = in_precision(load_model(model, map_location=dev).to(dev), precision)
         settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap,

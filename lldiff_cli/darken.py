@@ -34,9 +34,9 @@ from typing import Callable
 import torch
 
 from lldiff_cli.atomic import atomic_write
-from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
+from lldiff_cli.batch import BatchReport, list_inputs, prepare_output_dir, refuse_shared_outputs, run_batch
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import Image, check_format, list_images, output_path, write_like
+from lldiff_cli.images import Image, check_format, output_path, write_like
 
 Param = float | torch.Tensor  # a float, or Nx1x1x1: one value per image of the batch
 MODES = ("lv", "scale")
@@ -431,32 +431,12 @@ class _Manifest:
                            encoding="utf-8")
 
 
-def list_inputs(in_dir: Path, out_dir: Path, recursive: bool = False) -> list[Path]:
-    """The images of ``in_dir`` (see images.list_images), less any inside ``out_dir``
-    when the output folder lies within the input folder."""
-    rels = list_images(in_dir, recursive)
-    try:
-        inside = Path(out_dir).resolve().relative_to(Path(in_dir).resolve())
-    except ValueError:
-        return rels
-    if not inside.parts:  # the input folder itself: prepare_output_dir refuses it
-        return rels
-    return [rel for rel in rels if rel.parts[:len(inside.parts)] != inside.parts]
-
-
 def plan_records(settings: DarkenSettings, rels: list[Path], fmt: str | None = None) -> list[dict]:
     """The manifest records of a batch (see :func:`make_record`), before any file is
     written: an unknown ``fmt`` or two inputs that would share an output are refused."""
     check_format(fmt)
-    records, seen = [], {}
-    for rel in rels:
-        record = make_record(settings, rel, output_path(Path(), rel, fmt).suffix)
-        other = seen.setdefault(record["low"], rel)
-        if other != rel:
-            raise LldiffError(f"{other} and {rel} would both be written to {record['low']}; "
-                              "drop --format or rename one of them")
-        records.append(record)
-    return records
+    refuse_shared_outputs(rels, lambda rel: output_path(Path("low"), rel, fmt))
+    return [make_record(settings, rel, output_path(Path(), rel, fmt).suffix) for rel in rels]
 
 
 def write_dataset(src_dir: Path, out_dir: Path, records: list[dict], *, overwrite: bool = False,

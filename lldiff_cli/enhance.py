@@ -12,9 +12,9 @@ from typing import Callable, Optional
 import torch
 
 from lldiff_cli import schedule as S
-from lldiff_cli.batch import BatchReport, prepare_output_dir, run_batch
+from lldiff_cli.batch import BatchReport, list_inputs, prepare_output_dir, refuse_shared_outputs, run_batch
 from lldiff_cli.device import pick_precision
-from lldiff_cli.images import Image, check_format, list_images, output_path, write_like
+from lldiff_cli.images import Image, check_format, output_path, write_like
 from lldiff_cli.tiling import DEFAULT_OVERLAP, enhance_tensor
 
 
@@ -64,7 +64,8 @@ def enhance_folder(model, in_dir: Path, out_dir: Path, *, device: torch.device, 
                    files: Optional[list[Path]] = None) -> BatchReport:
     """Enhance every image of ``in_dir`` into ``out_dir`` (same relative paths); see batch.run_batch."""
     check_settings(model, settings, fmt)
-    files = list_images(in_dir, recursive) if files is None else files
+    files = list_inputs(in_dir, out_dir, recursive) if files is None else files
+    refuse_shared_outputs(files, lambda rel: output_path(out_dir, rel, fmt))
     prepare_output_dir(in_dir, out_dir)
 
     def process(rel: Path, image: Image) -> None:

@@ -55,6 +55,24 @@ def test_enhance_folder_any_size_keeps_names_alpha_and_reports_bad_files(tmp_pat
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
 
 
+def test_enhance_into_a_folder_inside_its_input_never_enhances_its_outputs(tmp_path, checkpoint, dark_folder):
+    out = dark_folder / "enhanced"
+    for _ in range(2):
+        result = lldiff("enhance", dark_folder, out, "--model", checkpoint, "--recursive", "--quiet")
+        assert result.exit_code == 1, result.output  # broken.jpg
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["a.png", "b.png", "sub/c.jpg"]
+    assert "3 skipped" in result.output
+
+
+def test_enhance_refuses_two_inputs_that_would_share_an_output(tmp_path, checkpoint, dark_folder):
+    PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(dark_folder / "a.jpg")  # beside a.png
+    result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--format", "png")
+    assert result.exit_code == 2
+    assert "a.jpg and a.png would both be written to" in result.output.replace("\n", "")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
 def test_enhance_is_reproducible_and_resumes(tmp_path, checkpoint, dark_folder):
     args = ["--model", checkpoint, "--quiet", "--seed", "7", "--eta", "1"]
     lldiff("enhance", dark_folder, tmp_path / "o1", *args)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image as PILImage
 
 from lldiff_cli import darken as dk
+from lldiff_cli.batch import list_inputs
 from lldiff_cli.errors import LldiffError
 from conftest import pil_open
 
@@ -281,7 +282,7 @@ def test_a_manifest_record_that_cannot_be_replayed_is_named(tmp_path, change, re
 def test_outputs_inside_the_input_folder_are_not_inputs(tmp_path):
     src = make_folder(tmp_path / "src", ["a.png"])
     dk.darken_folder(src, src / "out", dk.DarkenSettings(), recursive=True)
-    assert dk.list_inputs(src, src / "out", recursive=True) == [Path("a.png")]
+    assert list_inputs(src, src / "out", recursive=True) == [Path("a.png")]
     report = dk.darken_folder(src, src / "out", dk.DarkenSettings(), recursive=True)
     assert report.skipped == [Path("a.png")] and not report.done
 
