@@ -218,13 +218,15 @@ class WaveletDiffusion(nn.Module):
     @torch.no_grad()
     def enhance(self, dark: torch.Tensor, *, steps: Optional[int] = None, eta: Optional[float] = None,
                 seed: int = 0, exposure: Optional[float | torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None, ensemble: Optional[int] = None) -> torch.Tensor:
+                generator: S.Generators = None, ensemble: Optional[int] = None) -> torch.Tensor:
         """dark: Nx3xHxW in [0, 1] (H, W divisible by ``multiple``) -> enhanced, same shape, [0, 1].
 
         ``exposure``: the target mean grey level in (0, 1), or None for the model's estimate.
         ``ensemble``: 1, 2 or 4 mirrored copies averaged (default: the model's), each rendered
         at its own brightness around ``exposure`` when the model has an ``exposure_spread``.
-        The output is a function of (input, steps, eta, seed, exposure, ensemble).
+        The output is a function of (input, steps, eta, seed, exposure, ensemble), image by image:
+        each image draws its noise from its own generator seeded with ``seed``, so batching changes
+        nothing; ``generator`` (one, or one per image) replaces them.
         """
         cfg = self.config
         steps = cfg.steps if steps is None else steps
@@ -233,9 +235,9 @@ class WaveletDiffusion(nn.Module):
         h, w = dark.shape[-2:]
         if h % self.multiple or w % self.multiple:
             raise LldiffError(f"input {h}x{w} must be divisible by {self.multiple}; pad it first (tiling.pad)")
-        if generator is None:
-            generator = torch.Generator(device=dark.device).manual_seed(int(seed))
         n = dark.shape[0]
+        if generator is None:  # one per image: an image's output does not depend on its batch
+            generator = [torch.Generator(device=dark.device).manual_seed(int(seed)) for _ in range(n)]
         if exposure is None:
             e = self.estimate_exposure(self.decompose(dark)[0])
         else:
@@ -252,7 +254,7 @@ class WaveletDiffusion(nn.Module):
         return self.refine(total / ensemble, dark).clamp(0, 1)
 
     def sample(self, dark: torch.Tensor, exposure: torch.Tensor, *, steps: int, eta: float,
-               generator: torch.Generator) -> torch.Tensor:
+               generator: S.Generators) -> torch.Tensor:
         """The sampling path of :meth:`enhance`, differentiable and without checks (training
         runs it with gradients): dark Nx3xHxW [0, 1], exposure (N,) -> image, not clamped."""
         band, lls, highs = self.decompose(dark)
@@ -260,7 +262,7 @@ class WaveletDiffusion(nn.Module):
         return self.reconstruct(restored, self.restore_details(restored, lls, highs))
 
     def restore_band(self, band: torch.Tensor, exposure: torch.Tensor, *, steps: int, eta: float,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: S.Generators) -> torch.Tensor:
         """The diffusion half of :meth:`sample`: dark lowest band -> restored lowest band (anchor, DDIM)."""
         anchor = self.make_anchor(band, exposure)
         timesteps = S.ddim_timesteps(self.schedule.num_timesteps, steps, self.config.spacing)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -119,6 +119,21 @@ def _shift(abar: torch.Tensor, anchor: Optional[torch.Tensor]):
     return 0.0 if anchor is None else (1 - abar.sqrt()) * anchor
 
 
+# One generator for the batch, or one per batch item (then each item's noise depends on its own
+# generator alone, and an image gets the same noise whatever it is batched with).
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def randn(shape, generator: Generators, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (N first) from ``generator`` (see :data:`Generators`)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype)
+                            for g in generator])
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
 # --- forward process ------------------------------------------------------------------
 
 
@@ -184,7 +199,7 @@ def posterior_std(schedule: Schedule, t: int, variance_type: str = "fixed_small"
 
 
 def ddpm_step(schedule: Schedule, eps_star: torch.Tensor, t: int, x_t: torch.Tensor, *,
-              variance_type: str = "fixed_small", generator: Optional[torch.Generator] = None,
+              variance_type: str = "fixed_small", generator: Generators = None,
               anchor: Optional[torch.Tensor] = None, clip: Optional[float] = None):
     """One ancestral step x_t -> x_{t-1} (DDPM eq. 7 and Alg. 2), with the DRDS anchor term.
 
@@ -201,7 +216,7 @@ def ddpm_step(schedule: Schedule, eps_star: torch.Tensor, t: int, x_t: torch.Ten
     if anchor is not None:
         mean = mean + float(drds_coef(schedule, t)) * anchor
     if t > 0:
-        z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        z = randn(x_t.shape, generator, x_t.device, x_t.dtype)
         mean = mean + posterior_std(schedule, t, variance_type) * z
     return mean, x0
 
@@ -238,7 +253,7 @@ def ddim_variance(schedule: Schedule, t: int, t_prev: int) -> float:
 
 
 def ddim_step(schedule: Schedule, eps_star: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor, *,
-              eta: float = 0.0, generator: Optional[torch.Generator] = None,
+              eta: float = 0.0, generator: Generators = None,
               anchor: Optional[torch.Tensor] = None, clip: Optional[float] = None):
     """x_t -> x_{t_prev} (DDIM eq. 12), anchored by the substitution y = x - (1 - sqrt(abar)) a.
 
@@ -255,7 +270,7 @@ def ddim_step(schedule: Schedule, eps_star: torch.Tensor, t: int, t_prev: int, x
     x_prev = prev.sqrt().item() * x0 + math.sqrt(max(1 - prev.item() - sigma ** 2, 0.0)) * eps
     x_prev = x_prev + _shift(prev, anchor)
     if sigma > 0:
-        x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        x_prev = x_prev + sigma * randn(x_t.shape, generator, x_t.device, x_t.dtype)
     return x_prev, x0
 
 
@@ -263,7 +278,7 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def ddim_sample(schedule: Schedule, denoise: Denoiser, x_start: torch.Tensor, timesteps: list[int], *,
-                eta: float = 0.0, generator: Optional[torch.Generator] = None,
+                eta: float = 0.0, generator: Generators = None,
                 anchor: Optional[torch.Tensor] = None, clip: Optional[float] = None) -> torch.Tensor:
     """Run DDIM from ``x_start`` (the state at ``timesteps[0]``) down to x_0.
 
@@ -278,7 +293,7 @@ def ddim_sample(schedule: Schedule, denoise: Denoiser, x_start: torch.Tensor, ti
 
 
 def ddpm_sample(schedule: Schedule, denoise: Denoiser, x_start: torch.Tensor, *,
-                variance_type: str = "fixed_small", generator: Optional[torch.Generator] = None,
+                variance_type: str = "fixed_small", generator: Generators = None,
                 anchor: Optional[torch.Tensor] = None, clip: Optional[float] = None) -> torch.Tensor:
     """Full ancestral sampling over all T steps (slow; for studies of the variance types)."""
     x = x_start
@@ -290,14 +305,14 @@ def ddpm_sample(schedule: Schedule, denoise: Denoiser, x_start: torch.Tensor, *,
 
 
 def start_state(schedule: Schedule, t: int, shape, *, anchor: Optional[torch.Tensor] = None,
-                noise_scale: float = 1.0, generator: Optional[torch.Generator] = None,
+                noise_scale: float = 1.0, generator: Generators = None,
                 device=None, dtype=torch.float32) -> torch.Tensor:
     """x at the first sampled timestep: ``shift + sqrt(1 - abar_t) * noise_scale * z``.
 
     Without an anchor this is pure noise; with one, q(x_t | x_0 = anchor) (DRDS starts at the
     anchor; AnlightenDiff takes noise_scale = 0, the anchor itself).
     """
-    z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    z = randn(shape, generator, device, dtype)
     abar = schedule.alphas_cumprod[t]
     x = math.sqrt(1 - abar.item()) * noise_scale * z
     if anchor is not None:

@@ -134,3 +134,16 @@ def test_full_loop_regression_with_fake_model(lin):
 
 REGRESSION_SUM = 1.0904407501220703  # recorded from this implementation; DDIM math tested above
 REGRESSION_ABSMEAN = 25.48529052734375
+
+
+def test_noise_from_one_generator_per_item_does_not_depend_on_the_batch():
+    def gens(n):
+        return [torch.Generator().manual_seed(4) for _ in range(n)]
+
+    alone = S.randn((1, 3, 5, 7), gens(1))
+    batch = S.randn((3, 3, 5, 7), gens(3))
+    for item in batch:
+        torch.testing.assert_close(item, alone[0], rtol=0, atol=0)
+    torch.testing.assert_close(alone, torch.randn((1, 3, 5, 7), generator=torch.Generator().manual_seed(4)))
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        S.randn((3, 2), gens(2))
