@@ -216,7 +216,7 @@ def enhance(
     eta: Annotated[Optional[float], typer.Option(help="DDIM eta: 0 deterministic, 1 DDPM-like (default: the model's).", min=0.0)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampling noise; the same seed gives the same output.")] = 0,
     ensemble: Annotated[Optional[int], typer.Option(help="Self-ensemble: average the outputs for 1, 2 or 4 mirrored copies of each image (cleaner; each copy costs a whole run). Default: the model's.")] = None,
-    exposure: Annotated[str, typer.Option(help="Target mean brightness: 'auto' (the model's estimate) or a number in (0, 1).")] = "auto",
+    exposure: Annotated[str, typer.Option(help="Target mean brightness: a number in (0, 1), or 'auto': the model's target (0.44 for the shipped model), never darker than the input.")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles of a tiled image that go through the model together (faster on a GPU; more memory).", min=1)] = 1,
     tile: Annotated[Optional[int], typer.Option(help="Tile size in pixels. Default: the default model tiles images above 0.4 megapixels (600x400 is not tiled) in 640-pixel tiles, so time grows linearly and memory stays under 1 GB on a CPU whatever the photo's size (the bound is 4x smaller per wavelet level less).", min=16)] = None,

@@ -120,8 +120,7 @@ def layout_dirs(dataset: str, root: Path, split: str = "test") -> tuple[Path, Pa
             common = os.path.commonpath([low_rel, high_rel])
             tails = f"{{{Path(low_rel).name},{Path(high_rel).name}}}"
             raise LldiffError(f"{key} ({split} split) not found: no folder {folder}; "
-                              f"expected {Path(root) / common}/{tails} under the data root "
-                              f"(--data-root or ${DATA_ENV})")
+                              f"expected {Path(root) / common}/{tails} under the data root {root}")
     return low, high
 
 
@@ -203,8 +202,13 @@ def load_dataset(dataset: str | None = None, *, root: Path | None = None, split:
     if dataset and (low or high):
         raise LldiffError("give either --dataset or --low/--high, not both")
     if dataset:
-        root = Path(root) if root is not None else default_data_root()
-        low_dir, high_dir = layout_dirs(dataset, root, split)
+        if root is None:
+            try:
+                low_dir, high_dir = layout_dirs(dataset, default_data_root(), split)
+            except LldiffError as exc:  # the default root: say how to choose another
+                raise LldiffError(f"{exc} (--data-root or ${DATA_ENV} sets it)") from None
+        else:
+            low_dir, high_dir = layout_dirs(dataset, Path(root), split)
         key = next(k for k in LAYOUTS if k.lower() == dataset.lower())
         return paired_folders(low_dir, high_dir, description=f"{key} {split} ({low_dir.parent})")
     if high and not low:

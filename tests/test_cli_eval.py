@@ -127,12 +127,16 @@ def test_eval_reads_the_data_root_from_the_environment(tmp_path, monkeypatch):
     assert "1 images" in r.stdout
 
 
-def test_eval_missing_layout_is_one_line_naming_the_path(tmp_path):
+def test_eval_missing_layout_is_one_line_naming_the_path(tmp_path, monkeypatch):
     r = lldiff("eval", "--dataset", "LOL", "--data-root", tmp_path, "-q")
     assert r.exit_code == 2
     assert str(tmp_path / "LOL/eval15/low") in r.stderr.replace("\n", "")
     assert "eval15/{low,high}" in r.stderr.replace("\n", "")
-    assert "Traceback" not in r.output
+    assert "Traceback" not in r.output and "--data-root" not in r.stderr  # the root was given
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLDIFF_DATA", raising=False)
+    r = lldiff("eval", "--dataset", "LOL", "-q")  # the default root, ./data: say how to choose another
+    assert r.exit_code == 2 and "(--data-root or $LLDIFF_DATA sets it)" in r.stderr.replace("\n", "")
 
 
 @pytest.mark.parametrize("option, target, reason", [
