@@ -39,7 +39,7 @@ import torch
 
 from lldiff_cli.darken import linear_to_srgb, srgb_to_linear
 from lldiff_cli.data import unpaired_folder
-from lldiff_cli.errors import LldiffError
+from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
 
 import pairs as pairs_options  # benchmarks/pairs.py, beside this script
@@ -55,7 +55,8 @@ def grid(text: str) -> list[float]:
         raise ValueError(f"--targets must be start:stop:step, e.g. 0.30:0.60:0.01, got {text!r}") from None
     if not (0 < start <= stop < 1 and step > 0):
         raise ValueError(f"--targets needs 0 < start <= stop < 1 and step > 0, got {text!r}")
-    return [round(start + i * step, 6) for i in range(int(round((stop - start) / step)) + 1)]
+    count = math.floor((stop - start) / step + 1e-9) + 1  # never past stop (0.5:0.95:0.3 is 0.5, 0.8)
+    return [round(start + i * step, 6) for i in range(count)]
 
 
 def rgb(path: Path) -> np.ndarray:
@@ -155,7 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LldiffError as err:
-        raise SystemExit(f"error: {err}")
+    run_script(main)

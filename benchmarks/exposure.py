@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import torch
-
 from lldiff_cli.device import pick_device
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
+from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import list_images, read_image
 from lldiff_cli.model import load_model
 
@@ -28,13 +27,19 @@ def main() -> None:
     parser.add_argument("--targets", default="0.2,0.3,0.4,0.5,0.6")
     parser.add_argument("--limit", type=int, default=0)
     args = parser.parse_args()
-    device = pick_device("cpu")
-    model = load_model(args.model)
+    try:  # the inputs first, then the model: a typo fails at once
+        targets = [float(t) for t in args.targets.split(",")]
+    except ValueError:
+        raise LldiffError(f"--targets must be numbers separated by commas, got {args.targets!r}") from None
+    if not all(0 < t < 1 for t in targets):
+        raise LldiffError(f"--targets must lie in (0, 1), got {args.targets!r}")
     files = list_images(args.in_dir)[: args.limit or None]
     images = [read_image(f"{args.in_dir}/{f}").rgb for f in files]
+    device = pick_device("cpu")  # flushes denormals on the CPU
+    model = load_model(args.model)
     print(f"{len(images)} images from {args.in_dir}")
     print(f"{'target':>8} {'output mean':>12} {'|gap|':>8}")
-    for target in [None] + [float(t) for t in args.targets.split(",")]:
+    for target in [None] + targets:
         means, gaps = [], []
         for image in images:
             out = enhance_image(model, image, EnhanceSettings(exposure=target), device)
@@ -46,5 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_flush_denormal(True)
-    main()
+    run_script(main)

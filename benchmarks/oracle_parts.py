@@ -27,7 +27,7 @@ import torch
 
 from lldiff_cli import metrics as M
 from lldiff_cli.data import read_pair
-from lldiff_cli.errors import LldiffError
+from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.model import load_model
 from lldiff_cli.tiling import pad_to_multiple, unpad
 
@@ -97,7 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LldiffError as err:
-        raise SystemExit(f"error: {err}")
+    run_script(main)

@@ -23,6 +23,8 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
+from lldiff_cli.errors import run_script
+
 SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "colorwheel", "hubble_deep_field")
 
 
@@ -49,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

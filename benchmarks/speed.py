@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from lldiff_cli.errors import run_script
+
 
 def measure(args: argparse.Namespace) -> dict:
     import resource
@@ -117,4 +119,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 
 class LldiffError(Exception):
@@ -16,3 +17,12 @@ class ImageReadError(LldiffError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a benchmark's or script's ``main()``: bad input (an LldiffError) ends it with one
+    'error: ...' line instead of a traceback, as the CLI does."""
+    try:
+        main()
+    except LldiffError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -52,7 +52,7 @@ from lldiff_cli.atomic import atomic_write
 from lldiff_cli.data import layout_dirs, paired_folders, run_split
 from lldiff_cli.device import pick_precision
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
-from lldiff_cli.errors import LldiffError
+from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
 from lldiff_cli.model import DEFAULT_MODEL_NAME, WaveletDiffusion, load_checkpoint, model_from_checkpoint, sha256_of
 
@@ -392,7 +392,4 @@ def data_description(data: dict) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LldiffError as exc:  # bad input (a sampler value out of range, a missing split): one line
-        raise SystemExit(f"error: {exc}") from None
+    run_script(main)

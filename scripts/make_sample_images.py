@@ -21,6 +21,8 @@ from pathlib import Path
 import skimage.data
 from PIL import Image
 
+from lldiff_cli.errors import run_script
+
 SOURCES = ("astronaut", "chelsea", "coffee", "rocket")  # skimage.data functions
 MAX_SIZE = (480, 320)  # width, height: keeps each noisy PNG near 300 KB
 
@@ -47,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

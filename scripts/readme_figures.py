@@ -19,6 +19,7 @@ from PIL import Image
 
 from lldiff_cli.atomic import atomic_write
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
+from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.evaluate import comparison_sheet
 from lldiff_cli.images import list_images, read_image, to_uint8
 from lldiff_cli.model import load_model
@@ -38,6 +39,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("real", type=Path, help="the folder benchmarks/real_photos.py wrote (low/ and high/)")
     args = parser.parse_args()
+    for name in KNOB_IMAGES:  # before anything is written: a wrong folder leaves docs/ as it was
+        for part in ("low", "high"):
+            if not (args.real / part / f"{name}.png").is_file():
+                raise LldiffError(f"{args.real / part / name}.png not found: give the folder "
+                                  "benchmarks/real_photos.py wrote")
     torch.set_flush_denormal(True)
     device = torch.device("cpu")
     model = load_model()
@@ -60,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -35,6 +35,7 @@ def test_ceiling_clips_and_adds_structure_error():
 
 def test_grid():
     assert brightness_cap.grid("0.30:0.32:0.01") == [0.3, 0.31, 0.32]
+    assert brightness_cap.grid("0.5:0.95:0.3") == [0.5, 0.8]  # never past stop
 
 
 @pytest.mark.parametrize("text", ["0.3-0.6", "0.6:0.3:0.01", "0.3:0.6:0", "a:b:c"])
