@@ -25,12 +25,11 @@ from lldiff_cli.errors import run_script
 
 
 def measure(args: argparse.Namespace) -> dict:
-    import resource
-
     import torch
 
     from lldiff_cli.device import pick_device, pick_precision
     from lldiff_cli.enhance import EnhanceSettings, enhance_image, in_precision
+    from lldiff_cli.evaluate import max_rss_bytes
     from lldiff_cli.model import WaveletDiffusion, load_model
 
     device = pick_device(args.device)
@@ -60,8 +59,7 @@ def measure(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else max_rss_bytes()
     return {"device": str(device), "size": args.size, "levels": model.config.levels,
             "steps": args.steps or model.config.steps, "ensemble": args.ensemble or model.config.ensemble,
             "precision": precision, "seconds": statistics.median(times[1:]),

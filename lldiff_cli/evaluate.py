@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import resource
 import sys
 import threading
 import time
@@ -77,6 +76,14 @@ def choose_metrics(requested: Sequence[str] | None, *, paired: bool) -> tuple[st
     return tuple(m for m in METRICS if paired or m not in FULL_REFERENCE)
 
 
+def max_rss_bytes() -> int:
+    """The most memory this process has held resident so far, in bytes (getrusage; Unix only)."""
+    import resource  # not on Windows: imported only where the /proc sampling is unavailable
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 class PeakMemory:
     """Peak memory of a block of code, in MB.
 
@@ -99,10 +106,6 @@ class PeakMemory:
         except (OSError, ValueError, IndexError):
             return None
 
-    @staticmethod
-    def _maxrss() -> int:
-        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -112,7 +115,7 @@ class PeakMemory:
         self._base = self._rss()
         self._peak = self._base
         if self._base is None:
-            self._base = self._peak = self._maxrss()
+            self._base = self._peak = max_rss_bytes()
             return self
 
         def sample() -> None:
@@ -135,7 +138,7 @@ class PeakMemory:
             self._thread.join()
             now = self._rss()
         else:
-            now = self._maxrss()
+            now = max_rss_bytes()
         peak = max(self._peak, now or 0)
         self.peak_mb = max(0, peak - self._base) / 2 ** 20
 
