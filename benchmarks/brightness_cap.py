@@ -1,7 +1,7 @@
 """How much plain PSNR does not knowing the ground truth's brightness cost? A ceiling per dataset.
 
     python benchmarks/brightness_cap.py [--dataset LOL --root data --split train] [--run RUN [--held-out]]
-                                        [--targets 0.30:0.60:0.01] [--exposure 0.4214] [--structure-db 24]
+                                        [--targets 0.30:0.60:0.01] [--exposure 0.44] [--structure-db 24]
                                         [--power P] [--outputs DIR]
 
 A method that cannot read the ground truth's overall brightness from the dark input (LOL's
@@ -11,7 +11,7 @@ ground truth itself, perfectly restored, only rescaled to one mean grey level ``
 images (and clipped to [0, 1]); the mean PSNR over the images is then the ceiling of the plain
 protocol for any such method, and GT-mean PSNR of the same outputs is infinite. The script
 prints that ceiling for every ``e`` of the grid, the best ``e``, and the ceiling at
-``--exposure`` (the shipped model's auto exposure, when given). A few images whose brightness
+``--exposure`` (e.g. the shipped model's auto-exposure target, 0.44). A few images whose brightness
 happens to match ``e`` score near infinity and make that curve jumpy; ``--structure-db S`` adds
 to every image the squared error of a method whose GT-mean PSNR is S dB (structure and colour
 errors that no brightness fixes), which gives the ceiling of such a method. ``--run`` restricts
