@@ -280,15 +280,15 @@ def _method_slug(name: str) -> str:
 def eval_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="LOL, LOLv2-real, LOLv2-syn or VE-LOL, found under --data-root.")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", envvar="LLDIFF_DATA", help="Folder holding the datasets; default ./data.")] = None,
-    split: Annotated[str, typer.Option("--split", help="train or test.")] = "test",
+    split: Annotated[Optional[str], typer.Option("--split", help="With --dataset: train or test (default test).")] = None,
     low: Annotated[Optional[Path], typer.Option("--low", help="Folder of low-light images (instead of --dataset); alone: no-reference metrics only.")] = None,
     high: Annotated[Optional[Path], typer.Option("--high", help="Folder of ground truth for --low, matched by name.")] = None,
-    methods: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Repeatable: default (the shipped model), a checkpoint path, identity, gamma:G, clahe, he, msrcr. Without it: default and identity.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Repeatable: default (the shipped model), a model card (.yaml) or checkpoint (.pt), identity, gamma:G, clahe, he, msrcr. Without it: default and identity.")] = None,
     metric_names: Annotated[Optional[list[str]], typer.Option("--metric", help="Repeatable: only these of psnr, ssim, psnr_gtmean, ssim_gtmean, lpips, loe, niqe; default all that apply.")] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores to this CSV file.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the protocol and the means to this JSON file.")] = None,
     save_dir: Annotated[Optional[Path], typer.Option("--save-dir", help="Save enhanced images as DIR/METHOD/NAME.png.")] = None,
-    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Write a comparison sheet PNG: input | each method | ground truth.")] = None,
+    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Write a comparison sheet image (PNG, JPEG, ...): input | each method | ground truth.")] = None,
     sheet_images: Annotated[str, typer.Option("--sheet-images", help="Images on the sheet: a count N (evenly spaced) or comma-separated names.")] = "4",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N images.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
@@ -310,6 +310,9 @@ def eval_command(
     from lldiff_cli.images import IMAGE_EXTENSIONS, write_image
 
     with user_errors():
+        if split is not None and not dataset:
+            fail("--split chooses a part of a --dataset; --low / --high folders have none")
+        split = split or "test"
         data = load_dataset(dataset, root=data_root, split=split, low=low, high=high).limit(limit)
         # Without --method: the shipped model beside the input itself, the floor of every table.
         chosen = list(methods or ["default", "identity"])
@@ -369,7 +372,7 @@ def eval_command(
     need = Measurement.get(out, out.options.update_width(1000), table).maximum
     Console(file=out.file, width=out.width if out.is_terminal else max(out.width, need)).print(table)
     notes = ["PSNR/SSIM on 8-bit RGB, SSIM with an 11x11 Gaussian window (sigma 1.5); "
-             "GT-mean columns rescale each output to the ground truth's mean grey first"]
+             "GT-mean columns rescale each output to the ground truth's mean grey first"] if data.paired else []
     if "lpips" in metric_list and lpips_model is None:
         notes.append(f"LPIPS n/a: no weights (give --lpips-weights or ${M.LPIPS_ENV}; see the README)")
     if "niqe" in metric_list and any(s.means.get("niqe") is None for s in result.summaries):

@@ -366,6 +366,8 @@ def sheet_names(pairs: Sequence[Pair], spec: str) -> list[str]:
     set) or a comma-separated list of names (with or without extension)."""
     spec = spec.strip()
     if spec.isdigit():
+        if int(spec) == 0:
+            raise LldiffError("--sheet-images 0 puts no image on the sheet; give a count of 1 or more, or names")
         n = min(int(spec), len(pairs))
         if n <= 0:
             return []

@@ -155,6 +155,15 @@ def test_eval_refuses_an_output_it_cannot_write_before_scoring(tmp_path, option,
     assert "Traceback" not in r.output and "identity" not in r.stdout  # nothing was scored
 
 
+def test_eval_refuses_a_sheet_of_nothing_and_a_split_of_plain_folders(tmp_path):
+    root = lol_tree(tmp_path / "data", bad=False)
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "identity", "--sheet", tmp_path / "s.png",
+               "--sheet-images", "0")
+    assert r.exit_code == 2 and "--sheet-images 0 puts no image on the sheet" in r.stderr
+    r = lldiff("eval", "--low", root / "LOL/eval15/low", "--split", "train", "-m", "identity")
+    assert r.exit_code == 2 and "--split chooses a part of a --dataset" in r.stderr
+
+
 def test_eval_unknown_method_lists_the_allowed(tmp_path):
     root = lol_tree(tmp_path / "data", bad=False)
     r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "magic")
