@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import Image, list_images, read_image
+from lldiff_cli.images import IMAGE_EXTENSIONS, Image, is_image_file, list_images, read_image
 
 
 @dataclass
@@ -54,6 +54,17 @@ def list_inputs(in_dir: Path, out_dir: Path, recursive: bool = False) -> list[Pa
     if not inside.parts:  # the input folder itself: prepare_output_dir refuses it
         return rels
     return [rel for rel in rels if rel.parts[:len(inside.parts)] != inside.parts]
+
+
+def command_inputs(in_path: Path, out_dir: Path, recursive: bool = False) -> tuple[Path, list[Path]]:
+    """A command's input as (folder, images relative to it): a folder's images (:func:`list_inputs`),
+    or one image file given alone (its folder, [its name])."""
+    in_path = Path(in_path)
+    if in_path.is_file():
+        if not is_image_file(in_path):
+            raise LldiffError(f"{in_path} is not an image file; allowed extensions: {', '.join(IMAGE_EXTENSIONS)}")
+        return in_path.parent, [Path(in_path.name)]
+    return in_path, list_inputs(in_path, out_dir, recursive)
 
 
 def refuse_shared_outputs(rels: list[Path], target: Callable[[Path], Path]) -> None:

@@ -82,6 +82,11 @@ def batch_progress(total: int, description: str, quiet: bool):
         yield on_item
 
 
+def _say_no_images(in_dir: Path, recursive: bool) -> None:
+    console.print(f"[yellow]no images in {escape(str(in_dir))}[/]"
+                  + ("" if recursive else " (--recursive also looks in sub-folders)"), highlight=False)
+
+
 def report_batch(report, what: str) -> None:
     """Print the done / skipped / failed summary; exit 1 if anything failed."""
     line = (f"{what}: [green]{len(report.done)} done[/], {len(report.skipped)} skipped, "
@@ -118,7 +123,7 @@ def _range(text: str, option: str) -> tuple[float, float]:
 
 @app.command("darken")
 def darken(
-    in_dir: Annotated[Path, typer.Argument(help="Folder of normal-light photos (or the sources, with --from-manifest).", show_default=False)],
+    in_dir: Annotated[Path, typer.Argument(help="Folder of normal-light photos, or one photo (the folder of the sources, with --from-manifest).", show_default=False)],
     out_dir: Annotated[Path, typer.Argument(help="Gets low/, high/ (matching names), steps/ with --progressive, and manifest.jsonl.", show_default=False)],
     mode: Annotated[DarkenMode, typer.Option(help="lv: beta * (alpha * x) ** gamma (Lv et al.); scale: factor * x.")] = DarkenMode.lv,
     alpha: Annotated[Optional[str], typer.Option(metavar="MIN,MAX", help="Range of alpha, lv mode (default 0.9,1).")] = None,
@@ -160,7 +165,7 @@ def darken(
 
     with user_errors():
         from lldiff_cli import darken as core
-        from lldiff_cli.batch import list_inputs, prepare_output_dir
+        from lldiff_cli.batch import command_inputs, prepare_output_dir
 
         try:
             if from_manifest is not None:
@@ -180,11 +185,9 @@ def darken(
                     mode=mode.value, lv=lv, factor=0.5 if factor is None else factor,
                     progressive=progressive, steps=10 if steps is None else steps,
                     noise=noise_ranges, seed=seed)
-                rels = list_inputs(in_dir, out_dir, recursive)
+                in_dir, rels = command_inputs(in_dir, out_dir, recursive)
                 if not rels:
-                    console.print(f"[yellow]no images in {escape(str(in_dir))}[/]"
-                                  + ("" if recursive else " (--recursive also looks in sub-folders)"),
-                                  highlight=False)
+                    _say_no_images(in_dir, recursive)
                 records = core.plan_records(settings, rels, fmt)
             prepare_output_dir(in_dir, out_dir)  # refused before the progress bar starts
             with batch_progress(len(records), "darkening", quiet) as on_item:
@@ -209,7 +212,7 @@ app.command("synthesize-dark", short_help="Alias of darken.")(darken)
 
 @app.command()
 def enhance(
-    in_dir: Annotated[Path, typer.Argument(help="Folder of dark images.")],
+    in_dir: Annotated[Path, typer.Argument(help="Folder of dark images, or one image file.")],
     out_dir: Annotated[Path, typer.Argument(help="Where the enhanced images go (same relative names).")],
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model card (.yaml) or checkpoint (.pt); default: the shipped model.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the model's).", min=1)] = None,
@@ -231,7 +234,7 @@ def enhance(
     """Enhance every image in IN_DIR with a diffusion model; write them to OUT_DIR."""
     with user_errors():
         from lldiff_cli.device import pick_device, pick_precision
-        from lldiff_cli.batch import list_inputs, prepare_output_dir, refuse_shared_outputs
+        from lldiff_cli.batch import command_inputs, prepare_output_dir, refuse_shared_outputs
         from lldiff_cli.enhance import EnhanceSettings, check_settings, enhance_folder, in_precision
         from lldiff_cli.errors import LldiffError
         from lldiff_cli.images import check_format, output_path
@@ -250,7 +253,9 @@ def enhance(
         check_format(fmt)  # and before the model loads
         dev = pick_device(device)
         precision = pick_precision(precision, dev)
-        files = list_inputs(in_dir, out_dir, recursive)
+        in_dir, files = command_inputs(in_dir, out_dir, recursive)
+        if not files:
+            _say_no_images(in_dir, recursive)
         refuse_shared_outputs(files, lambda rel: output_path(out_dir, rel, fmt))
         prepare_output_dir(in_dir, out_dir)  # a bad output folder fails before the model loads
         net = in_precision(load_model(model, map_location=dev).to(dev), precision)

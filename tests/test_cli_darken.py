@@ -142,6 +142,14 @@ def test_scale_mode_and_alias(tmp_path):
     assert np.abs(low - high / 2).max() <= 0.5
 
 
+def test_one_image_file_as_the_input(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png", "b.png"])
+    result = lldiff("darken", src / "b.png", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == \
+        ["high/b.png", "low/b.png"]
+
+
 def test_fixed_lv_parameters(tmp_path):
     src = plain_folder(tmp_path / "in", ["a.png"])
     result = lldiff("darken", src, tmp_path / "out", "-q", "--alpha", "1", "--beta", "0.5,0.5", "--gamma", "2")

@@ -65,6 +65,21 @@ def test_enhance_into_a_folder_inside_its_input_never_enhances_its_outputs(tmp_p
     assert "3 skipped" in result.output
 
 
+def test_enhance_takes_one_image_file_as_its_input(tmp_path, checkpoint, dark_folder):
+    result = lldiff("enhance", dark_folder / "a.png", tmp_path / "o", "--model", checkpoint, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["a.png"]
+    assert read_image(tmp_path / "o" / "a.png").size == (21, 30)
+    (tmp_path / "notes.txt").write_text("not an image")
+    result = lldiff("enhance", tmp_path / "notes.txt", tmp_path / "o2", "--model", checkpoint)
+    assert result.exit_code == 2 and "notes.txt is not an image file" in result.output.replace("\n", "")
+    result = lldiff("enhance", dark_folder / "a.png", dark_folder, "--model", checkpoint)  # would replace it
+    assert result.exit_code == 2 and "output folder is the input folder" in result.output.replace("\n", "")
+    (tmp_path / "empty").mkdir()
+    result = lldiff("enhance", tmp_path / "empty", tmp_path / "o3", "--model", checkpoint)
+    assert result.exit_code == 0 and "no images in" in result.output
+
+
 def test_enhance_refuses_two_inputs_that_would_share_an_output(tmp_path, checkpoint, dark_folder):
     PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(dark_folder / "a.jpg")  # beside a.png
     result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--format", "png")
