@@ -279,6 +279,26 @@ def test_logs_validation_curve_and_best_checkpoint(tmp_path):
         assert im.format == "PNG" and im.size == (720, 520)
 
 
+def test_best_pt_holds_the_best_validation_and_validation_uses_the_ema_weights(tmp_path, monkeypatch):
+    import lldiff_cli.train as train_mod
+
+    scores, seen = iter([[20.0], [10.0]]), []  # step 3 scores best; step 6 is worse
+
+    def fake_validate(model_cfg, state, pairs, device, limit=0):
+        seen.append({k: v.clone() for k, v in state.items()})
+        return next(scores)
+
+    monkeypatch.setattr(train_mod, "validate", fake_validate)
+    cfg = tiny_cfg(tmp_path)
+    result = run_train(cfg, load_training_data(cfg))
+    best, last = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
+    assert best["step"] == 3 and best["best_psnr"] == 20.0 and result["best_psnr"] == 20.0
+    assert last["step"] == 6
+    for key, value in last["ema_state_dict"].items():  # validated with the EMA weights, not the raw ones
+        assert torch.equal(seen[-1][key], value), key
+    assert any(not torch.equal(last["ema_state_dict"][k], last["state_dict"][k]) for k in last["state_dict"])
+
+
 def test_validation_reports_pairs_and_darkened_photos_apart():
     from lldiff_cli.train import val_groups
 
