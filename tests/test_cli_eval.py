@@ -87,16 +87,25 @@ def test_eval_scores_good_images_and_names_the_bad_ones(tmp_path):
     gamma = [np.round((a / 255.0) ** 0.25 * 255) for a in lows]
     assert results["gamma:0.25"]["psnr"] == pytest.approx(
         np.mean([M.psnr(a, b) for a, b in zip(gamma, highs)]), abs=0.05)
+    assert results["identity"]["psnr_gtmean"] == pytest.approx(
+        np.mean([M.psnr_gtmean(a, b) for a, b in zip(lows, highs)]))
+    assert results["identity"]["psnr_gtmean"] > results["identity"]["psnr"] + 5  # the rescale was applied
 
     with open(out / "r.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 6
     assert {(row["method"], row["image"]) for row in rows} == {
         (m, str(i)) for m in ("identity", "gamma:0.25") for i in (1, 2, 3)}
-    assert all(row["lpips"] == "" and float(row["psnr"]) > 0 for row in rows)
+    assert all(row["lpips"] == "" for row in rows)
+    by_image = {row["image"]: row for row in rows if row["method"] == "identity"}
+    for i, (low_i, high_i) in enumerate(zip(lows, highs), 1):  # each column holds its own metric
+        assert float(by_image[str(i)]["psnr"]) == pytest.approx(M.psnr(low_i, high_i), abs=1e-3)
+        assert float(by_image[str(i)]["ssim"]) == pytest.approx(M.ssim(low_i, high_i), abs=1e-3)
 
     saved = sorted(p.relative_to(out / "imgs").as_posix() for p in (out / "imgs").rglob("*.png"))
     assert saved == [f"{m}/{i}.png" for m in ("gamma_0.25", "identity") for i in (1, 2, 3)]
+    for i, expected in enumerate(gamma, 1):  # the enhanced image, not the input or the ground truth
+        assert np.abs(np.asarray(pil_open(out / "imgs" / "gamma_0.25" / f"{i}.png"), float) - expected).max() <= 1
     sheet = pil_open(out / "sheet.png")
     assert sheet.width > 4 * 320 and sheet.height > 2 * 200  # 2 rows x (input, 2 methods, truth)
     assert "left off the sheet (not scored by every method): 6" in r.stderr
