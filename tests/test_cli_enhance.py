@@ -49,7 +49,8 @@ def test_enhance_folder_any_size_keeps_names_alpha_and_reports_bad_files(tmp_pat
     assert result.exit_code == 1, result.output
     assert "broken.jpg" in result.output and "3 done" in result.output and "1 failed" in result.output
     assert read_image(out / "a.png").size == (21, 30)
-    assert read_image(out / "b.png").alpha is not None
+    alpha_in, alpha_out = (np.asarray(pil_open(folder / "b.png"))[..., 3] for folder in (dark_folder, out))
+    np.testing.assert_array_equal(alpha_out, alpha_in)
     assert read_image(out / "sub" / "c.jpg").size == (9, 13)
     assert not (out / "broken.jpg").exists()
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
@@ -96,6 +97,10 @@ def test_enhance_is_reproducible_and_resumes(tmp_path, checkpoint, dark_folder):
     assert torch.equal(a, b)
     again = lldiff("enhance", dark_folder, tmp_path / "o1", *args)
     assert "0 done, 2 skipped" in again.output
+    (tmp_path / "o1" / "a.png").write_bytes(b"stale")
+    again = lldiff("enhance", dark_folder, tmp_path / "o1", *args, "--overwrite")
+    assert "2 done, 0 skipped" in again.output
+    assert torch.equal(read_image(tmp_path / "o1" / "a.png").rgb, b)
 
 
 def test_enhance_self_ensemble_changes_the_output(tmp_path, checkpoint, dark_folder):
@@ -117,11 +122,24 @@ def test_enhance_precision_float32_and_bfloat16_agree(tmp_path, checkpoint, dark
     assert 0 < difference.max() and difference.mean() < 2  # bfloat16 really ran, and stayed close
 
 
-def test_enhance_tiles_and_format_and_exposure(tmp_path, checkpoint, dark_folder):
-    result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--quiet",
-                    "--tile", "16", "--overlap", "4", "--batch-size", "2", "--format", "webp", "--exposure", "0.4")
-    assert result.exit_code == 1  # broken.jpg
-    assert (tmp_path / "o" / "a.webp").exists()
+def test_enhance_options_reach_the_model(tmp_path, exposure_aware_model, dark_folder):
+    checkpoint = tmp_path / "aware.pt"  # an untrained model would ignore --exposure
+    save_checkpoint(exposure_aware_model, checkpoint)
+
+    def run(name, *options):
+        result = lldiff("enhance", dark_folder, tmp_path / name, "--model", checkpoint, "--quiet", "--eta", "1",
+                        *options)
+        assert result.exit_code == 1, result.output  # broken.jpg
+        return read_image(next((tmp_path / name).glob("a.*"))).rgb
+
+    plain = run("plain")
+    tiled = run("tiled", "--tile", "16", "--overlap", "4")
+    assert not torch.equal(plain, tiled)
+    assert torch.equal(tiled, run("batched", "--tile", "16", "--overlap", "4", "--batch-size", "2"))
+    assert not torch.equal(plain, run("steps", "--steps", "1"))
+    assert not torch.equal(plain, run("exposure", "--exposure", "0.7"))
+    assert not torch.equal(plain, run("seed", "--seed", "1"))
+    assert run("webp", "--format", "webp").shape == plain.shape and (tmp_path / "webp" / "a.webp").is_file()
 
 
 @pytest.mark.parametrize("args, message", [
