@@ -92,5 +92,6 @@ def test_a_model_plugs_in_through_load_model(monkeypatch, tmp_path):
 
 def test_default_without_a_shipped_model_names_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.setenv("LLDIFF_MODELS", str(tmp_path))
-    with pytest.raises(LldiffError, match="no default model is installed"):
+    with pytest.raises(LldiffError, match="no default model is installed") as info:
         B.make_method("default")
+    assert f"lldiff-default.yaml in {tmp_path}" in str(info.value)

@@ -151,7 +151,7 @@ def test_photos_are_split_decoded_and_filtered(tmp_path):
     assert torch.equal(again.val_pairs[0][0], low)
 
 
-def test_mixing_pairs_and_photos(tmp_path):
+def test_mixing_pairs_and_photos(tmp_path, monkeypatch):
     low_dir, high_dir = make_paired(tmp_path / "pairs")
     cfg = tiny_cfg(tmp_path, "data.layout=paired", f"data.low={low_dir}", f"data.high={high_dir}",
                    "data.batch_size=8", "data.synthetic_ratio=0.25", "data.val_block=1")
@@ -160,6 +160,19 @@ def test_mixing_pairs_and_photos(tmp_path):
     assert any(not name.startswith("photos/") for name in data.val_names)
     low, _ = make_batch(data, cfg.data, 0, 0)
     assert low.shape == (8, 3, 32, 32)
+    import lldiff_cli.train as train_mod
+
+    darkened = []  # how many of each batch are photos darkened on the fly: a quarter on average
+    real_random_pair = train_mod.random_pair
+
+    def counting(high, *args, **kwargs):
+        darkened.append(len(high))
+        return real_random_pair(high, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "random_pair", counting)
+    for step in range(200):
+        make_batch(data, cfg.data, 0, step)
+    assert abs(sum(darkened) / (8 * 200) - 0.25) < 0.03
     only_pairs = tiny_cfg(tmp_path, "data.layout=paired", f"data.low={low_dir}", f"data.high={high_dir}",
                           "data.photos=null")
     assert not load_training_data(only_pairs).photos
