@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,10 +58,13 @@ def test_paired_folders_mixed_with_photos(tmp_path):
     low, high = make_paired(tmp_path / "pairs")
     photos = make_photos(tmp_path / "photos")
     result = lldiff("train", "-c", TINY_YAML, "data.layout=paired", f"data.low={low}", f"data.high={high}",
-                    f"data.photos={photos}", "data.synthetic_ratio=0.5", "data.val_block=2",
-                    f"out_dir={tmp_path / 'run'}", *FAST, "--quiet")
+                    f"data.photos={photos}", "data.synthetic_ratio=0.5", "data.val_block=2", "data.val_fraction=0.5",
+                    f"out_dir={tmp_path / 'run'}", *FAST)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "last.pt").is_file()
+    assert re.search(r"training on \d+ pairs \+ \d+ photos", result.output)
+    held_out = json.loads((tmp_path / "run" / "split.json").read_text())["val"]
+    assert any(n.startswith("photos/") for n in held_out) and any(not n.startswith("photos/") for n in held_out)
 
 
 @pytest.mark.parametrize("args, message", [
