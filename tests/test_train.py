@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -84,6 +85,10 @@ def test_get_lr_warms_up_then_decays():
     assert get_lr(0, cfg) == pytest.approx(cfg.lr / cfg.warmup)
     assert get_lr(cfg.warmup, cfg) == pytest.approx(cfg.lr)
     assert get_lr(cfg.max_steps, cfg) == pytest.approx(cfg.min_lr)
+    quarter = cfg.warmup + (cfg.max_steps - cfg.warmup) // 4  # cosine: (1 + cos(pi / 4)) / 2 of the way up
+    expected = cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * (quarter - cfg.warmup)
+                                                                 / (cfg.max_steps - cfg.warmup))) / 2
+    assert get_lr(quarter, cfg) == pytest.approx(expected) and expected > (cfg.lr + cfg.min_lr) / 2
 
 
 def test_loss_goes_down_on_a_fixed_batch(tmp_path):
