@@ -83,9 +83,12 @@ def make_schedule(kind: str = "linear", timesteps: int = 1000, beta_start: float
 
 
 def _bcast(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values[t] shaped Nx1x1x1 (or a scalar t) in ``like``'s dtype and device."""
-    v = values.to(like.device)[t.to(like.device) if torch.is_tensor(t) else t]
-    return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+    """values[t] (the float64 table on the CPU) shaped Nx1x1x1 on ``like``'s device, in float32
+    or wider: in float16, abar = 0.9999 near t = 0 rounds to 1 and 1 - abar to 0. Indexed and
+    cast on the CPU, since MPS has no float64."""
+    v = values[t.cpu() if torch.is_tensor(t) else t]
+    v = v.to(torch.promote_types(like.dtype, torch.float32)).to(like.device)
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def _as_t(t, like: torch.Tensor) -> torch.Tensor:
@@ -114,9 +117,10 @@ def drds_coef(schedule: Schedule, t) -> torch.Tensor:
     return ((1 - prev.sqrt()) * (1 - alpha) - alpha.sqrt() * (1 - alpha.sqrt()) * (1 - prev)) / (1 - abar)
 
 
-def _shift(abar: torch.Tensor, anchor: Optional[torch.Tensor]):
-    """(1 - sqrt(abar)) * anchor, the DRDA mean shift of x_t (0 without an anchor)."""
-    return 0.0 if anchor is None else (1 - abar.sqrt()) * anchor
+def _shift(abar: torch.Tensor | float, anchor: Optional[torch.Tensor]):
+    """(1 - sqrt(abar)) * anchor, the DRDA mean shift of x_t (0 without an anchor); ``abar`` a
+    tensor on the anchor's device or a float."""
+    return 0.0 if anchor is None else (1 - abar ** 0.5) * anchor
 
 
 # One generator for the batch, or one per batch item (then each item's noise depends on its own
@@ -125,13 +129,15 @@ Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 def randn(shape, generator: Generators, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise of ``shape`` (N first) from ``generator`` (see :data:`Generators`)."""
+    """Standard normal noise of ``shape`` (N first) from ``generator`` (see :data:`Generators`),
+    drawn in float32 and then cast, so a seed gives the same noise in every precision."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype)
-                            for g in generator])
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device) for g in generator])
+    else:
+        z = torch.randn(shape, generator=generator, device=device)
+    return z.to(dtype)
 
 
 # --- forward process ------------------------------------------------------------------
@@ -146,7 +152,7 @@ def q_sample(schedule: Schedule, x0: torch.Tensor, t, noise: torch.Tensor,
     """
     t = _as_t(t, x0)
     abar = _bcast(schedule.alphas_cumprod, t, x0)
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise + _shift(abar, anchor)
+    return (abar.sqrt() * x0 + (1 - abar).sqrt() * noise + _shift(abar, anchor)).to(x0.dtype)
 
 
 def target_noise(schedule: Schedule, t, noise: torch.Tensor,
@@ -154,7 +160,7 @@ def target_noise(schedule: Schedule, t, noise: torch.Tensor,
     """eps* = eps + m_t * anchor: what the network learns to predict (AnlightenDiff DRDA)."""
     if anchor is None:
         return noise
-    t = _as_t(t, noise)
+    t = _as_t(t, noise).cpu()  # the table lives on the CPU
     m = drda_mean_coef(schedule, t).to(noise.dtype).to(noise.device).reshape(-1, 1, 1, 1)
     return noise + m * anchor
 
@@ -163,14 +169,14 @@ def predict_x0(schedule: Schedule, x_t: torch.Tensor, t, eps_star: torch.Tensor)
     """x_0 = (x_t - sqrt(1 - abar_t) eps*) / sqrt(abar_t) (DDPM eq. 15, with eps* for eps)."""
     t = _as_t(t, x_t)
     abar = _bcast(schedule.alphas_cumprod, t, x_t)
-    return (x_t - (1 - abar).sqrt() * eps_star) / abar.sqrt()
+    return ((x_t - (1 - abar).sqrt() * eps_star) / abar.sqrt()).to(x_t.dtype)
 
 
 def eps_from_x0(schedule: Schedule, x_t: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
     """The eps* that :func:`predict_x0` maps to ``x0``: for networks that predict x_0."""
     t = _as_t(t, x_t)
     abar = _bcast(schedule.alphas_cumprod, t, x_t)
-    return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+    return ((x_t - abar.sqrt() * x0) / (1 - abar).sqrt()).to(x_t.dtype)
 
 
 # --- DDPM reverse step ----------------------------------------------------------------
@@ -265,10 +271,10 @@ def ddim_step(schedule: Schedule, eps_star: torch.Tensor, t: int, t_prev: int, x
     abar = schedule.alphas_cumprod[t]
     prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
     # The unshifted eps consistent with x_t and the (clipped) x0 estimate.
-    eps = (x_t - abar.sqrt().item() * x0 - _shift(abar, anchor)) / (1 - abar).sqrt().item()
+    eps = (x_t - abar.sqrt().item() * x0 - _shift(abar.item(), anchor)) / (1 - abar).sqrt().item()
     sigma = eta * math.sqrt(ddim_variance(schedule, t, t_prev))
     x_prev = prev.sqrt().item() * x0 + math.sqrt(max(1 - prev.item() - sigma ** 2, 0.0)) * eps
-    x_prev = x_prev + _shift(prev, anchor)
+    x_prev = x_prev + _shift(prev.item(), anchor)
     if sigma > 0:
         x_prev = x_prev + sigma * randn(x_t.shape, generator, x_t.device, x_t.dtype)
     return x_prev, x0

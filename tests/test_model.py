@@ -280,3 +280,18 @@ def test_unet_self_attention_matches_the_written_out_formula():
     weights = torch.softmax(q.transpose(-1, -2) @ k / 4 ** 0.5, dim=-1)  # N x heads x tokens x tokens
     expected = x + attn.proj((weights @ v.transpose(-1, -2)).transpose(-1, -2).reshape(2, 8, 3, 5))
     assert torch.allclose(attn(x), expected, atol=1e-5)
+
+
+def test_a_half_precision_model_gives_the_float32_output(exposure_aware_model):
+    """--precision float16 (CUDA) casts the model with .half(); the CPU runs float16 too. The
+    timestep embedding must follow the weights' dtype, and the schedule's 1 - abar, which is 0
+    in float16 near t = 0 (abar = 0.9999), is computed in float32."""
+    from dataclasses import replace
+
+    model = exposure_aware_model
+    model.config = replace(model.config, spacing="leading", steps=4)  # leading visits t = 0
+    x = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(0)) * 0.3
+    full = model.enhance(x, exposure=0.4, seed=1)
+    half = model.half().enhance(x.half(), exposure=0.4, seed=1)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert (half.float() - full).abs().max() < 0.02

@@ -121,13 +121,14 @@ class UNet(nn.Module):
         h, w = x.shape[-2:]
         assert h % self.multiple == 0 and w % self.multiple == 0, (
             f"UNet input size {h}x{w} must be divisible by {self.multiple}")
-        emb = self.time_mlp(sinusoidal_embedding(t, self.width))
+        # The embeddings are made in float32 and take the weights' dtype (float16 after .half()).
+        emb = self.time_mlp(sinusoidal_embedding(t, self.width).to(x.dtype))
         if self.scalar_mlp is not None:
             assert scalars is not None and scalars.shape[1] == self.num_scalars, (
                 f"UNet expects {self.num_scalars} scalar conditions per sample")
             # Scalars in [0, 1] are spread over the embedding's range like timesteps in [0, 1000).
             feats = torch.cat([sinusoidal_embedding(scalars[:, i] * 1000, self.width)
-                               for i in range(self.num_scalars)], dim=1)
+                               for i in range(self.num_scalars)], dim=1).to(x.dtype)
             emb = emb + self.scalar_mlp(feats)
         h = self.stem(x)
         skips = [h]
