@@ -192,6 +192,10 @@ def check_config(cfg: TrainConfig, resume: bool = False) -> None:
     if trains_refiner and cfg.train_sampler_every == 0:
         raise LldiffError("model.refiner learns only from the sampled term (the loss on the sampler's output): "
                           "set train_sampler_every to 1 or more, or leave the refiner out of train_only")
+    only_refiner = all(_under(name, "refiner") for name in names if _trains(name, cfg.train_only))
+    if trains_refiner and only_refiner and cfg.train_sampler_every > 1:
+        raise LldiffError(f"train_only=[refiner] trains nothing on the steps that do not sample "
+                          f"(train_sampler_every={cfg.train_sampler_every}): set train_sampler_every=1")
     multiple = model.multiple
     if d.crop % multiple:
         raise LldiffError(f"data.crop ({d.crop}) must be a multiple of {multiple} for this model")
@@ -641,7 +645,11 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        trainer = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
+        # The refiner runs only on the sampled steps: on the others DDP must expect its parameters
+        # to get no gradient (finding them costs a graph traversal per step, so only then).
+        sometimes_unused = model.refiner is not None and cfg.train_sampler_every > 1
+        trainer = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=sometimes_unused)
     weights = asdict(cfg.loss)
     autocast_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     use_autocast = use_amp or (cfg.bf16 and device.type == "cpu")

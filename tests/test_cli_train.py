@@ -109,18 +109,21 @@ def test_an_out_dir_it_cannot_make_is_one_line(tmp_path):
     assert f"cannot create out_dir {tmp_path / 'afile' / 'run'}: Not a directory" in result.output.replace("\n", "")
 
 
-def test_two_processes_with_gloo(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["model.refiner={width: 8, blocks: 1}", "train_sampler_every=2"]],
+                         ids=["plain", "refiner-on-every-other-step"])
+def test_two_processes_with_gloo(tmp_path, extra):
     """torchrun, two CPU processes: DistributedDataParallel over gloo, rank 0 writes.
 
     The run checks at the end that both processes hold bit-identical weights and EMA weights
-    (it fails otherwise), so exit 0 means the replicas agreed.
+    (it fails otherwise), so exit 0 means the replicas agreed. With a refiner that only the
+    sampled steps use, DDP must expect parameters that a step leaves unused.
     """
     photos = make_photos(tmp_path / "photos")
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "lldiff_cli", "train", "-c", str(TINY_YAML), f"data.photos={photos}", f"out_dir={run}",
-           *FAST, "--device", "cpu"]
+           *FAST, *extra, "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = load_checkpoint(run / "last.pt")

@@ -417,6 +417,14 @@ def test_init_and_train_only_errors(tmp_path, override, message):
         check_config(tiny_cfg(tmp_path, override))
 
 
+def test_a_refiner_trained_alone_must_sample_every_step(tmp_path):
+    # On a step that does not sample, nothing it trains is in the loss (backward would fail).
+    cfg = tiny_cfg(tmp_path, "model.refiner={width: 4, blocks: 1}", "train_only=[refiner]", "train_sampler_every=2")
+    with pytest.raises(LldiffError, match=re.escape("train_only=[refiner] trains nothing on the steps that do not")):
+        check_config(cfg)
+    check_config(tiny_cfg(tmp_path, "model.refiner={width: 4, blocks: 1}", "train_sampler_every=2"))  # all modules
+
+
 def test_unusable_pairs_are_skipped_with_the_file_and_reason(tmp_path):
     low_dir, high_dir = make_paired(tmp_path / "pairs", n=8)
     save_rgb(low_dir / "6.png", np.zeros((16, 16, 3), np.uint8))      # sizes differ
