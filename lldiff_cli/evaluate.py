@@ -87,8 +87,9 @@ def max_rss_bytes() -> int:
 class PeakMemory:
     """Peak memory of a block of code, in MB.
 
-    On CUDA: ``torch.cuda.max_memory_allocated`` over the block (weights included).
-    On the CPU: the largest growth of the process's resident set over the block,
+    The growth over the block, on every device, so that methods compare whatever was loaded before
+    (every method's weights, LPIPS): on CUDA ``torch.cuda.max_memory_allocated`` less what was
+    allocated when the block began; on the CPU the largest growth of the process's resident set,
     sampled every 2 ms from /proc (Linux), else the growth of ``ru_maxrss``.
     """
 
@@ -106,11 +107,11 @@ class PeakMemory:
         except (OSError, ValueError, IndexError):
             return None
 
-
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
             return self
         self._base = self._rss()
         self._peak = self._base
@@ -131,7 +132,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            self.peak_mb = max(0, torch.cuda.max_memory_allocated(self.device) - self._base) / 2 ** 20
             return
         if self._thread is not None:
             self._stop.set()

@@ -169,7 +169,9 @@ class WaveletDiffusion(nn.Module):
         scale = min(1.0, max_side / max(h, w))
         m = 2 ** self.config.levels
         size = (max(m, round(h * scale / m) * m), max(m, round(w * scale / m) * m))
-        small = F.interpolate(image, size=size, mode="area")
+        # MPS pools only to sizes that divide the input (pytorch#96056): shrink on the CPU there.
+        source = image.cpu() if image.device.type == "mps" else image
+        small = F.interpolate(source, size=size, mode="area").to(image.device)
         return self.estimate_exposure(self.decompose(small)[0])
 
     def make_anchor(self, dark_band: torch.Tensor, exposure: torch.Tensor) -> Optional[torch.Tensor]:

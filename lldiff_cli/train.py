@@ -684,11 +684,12 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
                 terms = trainer(low, high, gen, sample)
             loss = sum(weights[k] * v.float() for k, v in terms.items())
-            if not torch.isfinite(loss):
+            # Decided together: a rank that stopped alone would leave the others waiting in all-reduce.
+            if _any_rank(not torch.isfinite(loss), world, device):
                 # Under float16 AMP an overflow now and then is normal: the scaler skips the step.
                 bad_steps += 1
                 if not use_amp or bad_steps > 20:
-                    bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v)}
+                    bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v)}  # {} on a sound rank
                     raise LldiffError(f"loss became non-finite at step {step} ({bad}); "
                                       "lower optim.lr or check the data")
             else:
@@ -743,7 +744,9 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
 def _resume(path: Path, model_cfg: ModelConfig, model: nn.Module, ema: EMA, opt, scaler, device) -> tuple:
     """Load a run's last.pt into the model, its EMA, the optimiser and the AMP scaler, in place;
     returns (step, best_psnr, history) to continue from."""
-    state = load_checkpoint(path, map_location=device)
+    # On the CPU first: load_state_dict moves the weights and moments where they belong, and the
+    # optimiser's step counters stay CPU tensors as Adam keeps them (on a GPU each would sync).
+    state = load_checkpoint(path, map_location="cpu")
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError:
