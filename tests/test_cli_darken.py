@@ -158,6 +158,15 @@ def test_fixed_lv_parameters(tmp_path):
     assert rec["params"] == {"alpha": 1.0, "beta": 0.5, "gamma": 2.0}
 
 
+def test_fixed_noise_parameters(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png"])
+    result = lldiff("darken", src, tmp_path / "out", "-q", "--noise", "--gain", "0.001,0.001",
+                    "--read-noise", "0.002,0.002")
+    assert result.exit_code == 0, result.output
+    noise = json.loads((tmp_path / "out/manifest.jsonl").read_text())["noise"]
+    assert noise["gain"] == pytest.approx(0.001) and noise["read_noise"] == pytest.approx(0.002)
+
+
 def error_line(result) -> str:
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]

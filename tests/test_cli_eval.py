@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lldiff_cli import metrics as M
 from lldiff_cli.cli import app
+from lldiff_cli.errors import LldiffError
 from conftest import pil_open
 
 runner = CliRunner()
@@ -162,6 +163,18 @@ def test_eval_refuses_an_output_it_cannot_write_before_scoring(tmp_path, option,
     assert r.exit_code == 2, r.output
     assert reason in r.stderr and str(tmp_path / target) in r.stderr.replace("\n", "")
     assert "Traceback" not in r.output and "identity" not in r.stdout  # nothing was scored
+
+
+def test_sheet_images_by_count_are_spread_evenly_and_by_name_kept_in_order():
+    from lldiff_cli.data import Pair
+    from lldiff_cli.evaluate import sheet_names
+
+    pairs = [Pair(str(i), Path(f"{i}.png"), Path(f"{i}.png")) for i in range(10)]
+    assert sheet_names(pairs, "4") == ["0", "3", "6", "9"]
+    assert sheet_names(pairs, "1") == ["0"] and sheet_names(pairs, "30") == [str(i) for i in range(10)]
+    assert sheet_names(pairs, "7.png, 2") == ["7", "2"]
+    with pytest.raises(LldiffError, match="no image named 'x'"):
+        sheet_names(pairs, "x")
 
 
 def test_eval_refuses_a_sheet_of_nothing_and_a_split_of_plain_folders(tmp_path):
