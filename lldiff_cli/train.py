@@ -245,13 +245,15 @@ def start_run(cfg: TrainConfig, data: TrainData) -> bool:
     returns whether out_dir was made now, for :func:`undo_start`."""
     import json
 
+    from lldiff_cli.atomic import atomic_write
     from lldiff_cli.batch import make_folder
 
     out_dir = Path(cfg.out_dir)
     created = not out_dir.exists()
     make_folder(out_dir, f"out_dir {out_dir}")
     dump_yaml(to_dict(cfg), out_dir / "config.yaml")
-    (out_dir / "split.json").write_text(json.dumps({"val": data.val_names}, indent=1) + "\n")
+    with atomic_write(out_dir / "split.json") as tmp:
+        tmp.write_text(json.dumps({"val": data.val_names}, indent=1) + "\n")
     return created
 
 
