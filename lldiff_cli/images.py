@@ -308,15 +308,19 @@ def _write8(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = Non
         options = {"quality": 95}
     elif suffix == ".webp":
         options = {"lossless": True}
-    # A profile is kept only for the colour space written (a CMYK source's is not: we write RGB);
-    # bytes 16-19 of an ICC header name it. WebP stores grey as RGB.
-    space = b"GRAY" if mode in ("L", "LA") and suffix != ".webp" else b"RGB "
-    if icc and icc[16:20] == space and suffix != ".bmp":
-        options["icc_profile"] = icc
+    profile = _profile_for(icc, grey=mode in ("L", "LA") and suffix != ".webp")  # WebP stores grey as RGB
+    if profile and suffix != ".bmp":
+        options["icc_profile"] = profile
     # JPEG holds at most 64 KB of EXIF (one APP1 segment): a larger block is left out, not the image.
     if exif and (suffix in (".png", ".webp", *_HEIF_EXTENSIONS) or jpeg and len(exif) < 65_000):
         options["exif"] = exif
     im.save(tmp, format=_PIL_FORMAT[suffix], **options)
+
+
+def _profile_for(icc: bytes | None, *, grey: bool) -> bytes | None:
+    """``icc`` when it describes the colour space written (grey or RGB), else None: a CMYK
+    source's profile is not kept, as we write RGB. Bytes 16-19 of an ICC header name the space."""
+    return icc if icc and icc[16:20] == (b"GRAY" if grey else b"RGB ") else None
 
 
 _PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
@@ -329,11 +333,11 @@ def _write16(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = No
 
     arr = planes.detach().float().clamp(0, 1).mul(65535).round().to(torch.int32)
     arr = arr.permute(1, 2, 0).cpu().numpy().astype(np.uint16)
+    if arr.shape[2] == 2:  # neither OpenCV nor HEIF writes grey + alpha: grey three times, then alpha
+        arr = arr[:, :, [0, 0, 0, 1]]
     if suffix in _HEIF_EXTENSIONS:
         _write_deep_heif(tmp, arr, icc, exif)
         return
-    if arr.shape[2] == 2:  # OpenCV writes no grey + alpha: grey three times, then alpha
-        arr = arr[:, :, [0, 0, 0, 1]]
     if arr.shape[2] == 3:
         arr = arr[:, :, ::-1]
     elif arr.shape[2] == 4:
@@ -343,17 +347,15 @@ def _write16(tmp: str, planes: torch.Tensor, suffix: str, icc: bytes | None = No
 
 
 def _write_deep_heif(tmp: str, arr: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
-    """Write HxWxC uint16 samples as a 10-bit HEIC / HEIF, with the profile and EXIF as :func:`_write8`."""
+    """Write HxWxC (C = 1, 3 or 4) uint16 samples as a 10-bit HEIC / HEIF, with the profile and
+    EXIF as :func:`_write8`."""
     import pillow_heif
 
-    if arr.shape[2] == 2:  # HEIF has no grey + alpha: grey three times, then alpha
-        arr = arr[:, :, [0, 0, 0, 1]]
     mode = {1: "L;16", 3: "RGB;16", 4: "RGBA;16"}[arr.shape[2]]
     height, width = arr.shape[:2]
     heif = pillow_heif.from_bytes(mode=mode, size=(width, height), data=np.ascontiguousarray(arr).tobytes())
-    space = b"GRAY" if mode == "L;16" else b"RGB "
-    options = {"icc_profile": icc} if icc and icc[16:20] == space else {}
-    heif.save(tmp, format="HEIF", quality=95, exif=exif, **options)
+    profile = _profile_for(icc, grey=mode == "L;16")
+    heif.save(tmp, format="HEIF", quality=95, exif=exif, **({"icc_profile": profile} if profile else {}))
 
 
 def output_path(out_root: Path, rel: Path, fmt: str | None = None) -> Path:
