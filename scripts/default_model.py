@@ -54,7 +54,8 @@ from lldiff_cli.device import pick_precision
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
-from lldiff_cli.model import DEFAULT_MODEL_NAME, WaveletDiffusion, load_checkpoint, model_from_checkpoint, sha256_of
+from lldiff_cli.model import (DEFAULT_MODEL_NAME, WaveletDiffusion, load_checkpoint, model_from_checkpoint,
+                               save_checkpoint, sha256_of)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -251,10 +252,10 @@ def write_merged(args: argparse.Namespace, payload: dict) -> None:
     tuned = model_from_checkpoint(payload, source=str(ckpt))
     merged = merge(model_from_checkpoint(load_checkpoint(args.base), source=str(args.base)), tuned,
                    parse_mix(args.mix))
+    tuned.load_state_dict(merged, strict=True)
     out = args.run / "merged.pt"
-    with atomic_write(out) as tmp:
-        torch.save({"format": payload["format"], "config": asdict(tuned.config), "state_dict": merged, "step": 0,
-                    "merged": {"base": str(args.base), "checkpoint": args.checkpoint, "mix": args.mix}}, tmp)
+    save_checkpoint(tuned, out, {"step": 0, "merged": {"base": str(args.base), "checkpoint": args.checkpoint,
+                                                       "mix": args.mix}})
     print(f"wrote {out}")
 
 
@@ -268,10 +269,8 @@ def write_calibrated(args: argparse.Namespace, payload: dict) -> None:
         estimates = [float(model.auto_exposure(low)) for _, low, _ in train_pairs]
     model.config = replace(model.config, exposure_prior=round(sum(estimates) / len(estimates), 4))
     out = args.run / "calibrated.pt"
-    with atomic_write(out) as tmp:
-        torch.save({"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict(),
-                    "step": payload.get("step"), "history": payload.get("history", []),
-                    "calibrated_from": args.checkpoint}, tmp)
+    save_checkpoint(model, out, {"step": payload.get("step"), "history": payload.get("history", []),
+                                 "calibrated_from": args.checkpoint})
     print(f"wrote {out}")
 
 
@@ -323,8 +322,7 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
     if same_payload(weights, shipped):  # re-shipped for the card alone: keep the file and its sha256
         print(f"{weights}: the same weights and config; left as is")
     else:
-        with atomic_write(weights) as tmp:
-            torch.save(shipped, tmp)
+        save_checkpoint(model, weights)  # the same record as ``shipped``
     stages = training_stages(args.stage or str(args.run), payload, cfg, weights, previous)
     counted = [s.get("steps") for s in stages]
     data = cfg["data"]
