@@ -28,6 +28,7 @@ from lldiff_cli.images import list_images, read_image
 
 DATA_ENV = "LLDIFF_DATA"
 SPLITS = ("train", "test")
+SPLIT_PARTS = ("val", "blocks", "singles")  # what run_split can read back from a split.json
 
 # dataset -> split -> (low folder, ground-truth folder), relative to the data root.
 LAYOUTS: dict[str, dict[str, tuple[str, str]]] = {
@@ -225,10 +226,7 @@ def split_by_blocks(names: list[str], val_fraction: float, block: int) -> tuple[
     """Indices (train, val): names sorted naturally are cut into blocks of ``block`` consecutive
     names and every k-th block is held out, so near-duplicate neighbours stay on one side
     (:func:`run_split` reads the result back from a run's split.json)."""
-    def key(i):
-        return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", names[i])]
-
-    order = sorted(range(len(names)), key=key)
+    order = sorted(range(len(names)), key=lambda i: _natural(names[i]))
     if val_fraction <= 0:
         return order, []
     every = max(2, round(1 / val_fraction))
@@ -238,14 +236,41 @@ def split_by_blocks(names: list[str], val_fraction: float, block: int) -> tuple[
     return train_idx, val_idx
 
 
-def run_split(pairs: list[Pair], run: Path, held_out: bool = True) -> list[Pair]:
+def split_singles(names: list[str], indices: list[int], count: int) -> tuple[list[int], list[int]]:
+    """(rest, singles): ``count`` single images of ``indices`` held out, evenly spread over their
+    natural order, the way LOL's test pairs were taken from its scene sequences: each held-out
+    image keeps its neighbours (shots of the same scene) in training, so a model is scored on
+    scenes it has seen, as on the benchmark (the block split asks for new scenes instead)."""
+    order = sorted(indices, key=lambda i: _natural(names[i]))
+    if count <= 0:
+        return order, []
+    if 2 * count > len(order):
+        raise LldiffError(f"cannot hold out {count} single images of {len(order)}: "
+                          "each needs a neighbour left in training")
+    picks = {int((k + 0.5) * len(order) / count) for k in range(count)}
+    return [i for j, i in enumerate(order) if j not in picks], [order[j] for j in sorted(picks)]
+
+
+def _natural(name: str) -> list:
+    """Sort key: digit runs compare as numbers (2 before 10)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def run_split(pairs: list[Pair], run: Path, held_out: bool = True, part: str = "val") -> list[Pair]:
     """The pairs a training run held out (``held_out``) or trained on, by the names in the
-    split.json that ``lldiff train`` wrote into the run's folder."""
+    split.json that ``lldiff train`` wrote into the run's folder. ``part``: "val" (everything
+    held out), "blocks" (whole scenes) or "singles" (single images, LOL's test protocol)."""
     path = Path(run) / "split.json"
     if not path.is_file():
         raise LldiffError(f"{path} not found: a run folder that `lldiff train` wrote has one")
+    if part not in SPLIT_PARTS:
+        raise LldiffError(f"unknown held-out part {part!r}; allowed: {', '.join(SPLIT_PARTS)}")
     try:
-        names = set(json.loads(path.read_text())["val"])
+        record = json.loads(path.read_text())
+        val, singles = set(record["val"]), set(record.get("singles", []))
     except (ValueError, KeyError, TypeError) as exc:
         raise LldiffError(f"{path} is not a split.json written by `lldiff train`: {exc}") from None
-    return [p for p in pairs if (p.name in names) == held_out]
+    names = {"val": val, "blocks": val - singles, "singles": singles}[part]
+    if held_out:
+        return [p for p in pairs if p.name in names]
+    return [p for p in pairs if p.name not in val]

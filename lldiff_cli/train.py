@@ -87,6 +87,8 @@ class DataConfig:
     max_side: int = 0              # images whose longer side exceeds this are shrunk to it when decoded; 0: never
     val_fraction: float = 0.1      # held out, in blocks of consecutive names (whole scenes)
     val_block: int = 10
+    val_singles: int = 0           # and this many single pairs spread over the rest, their neighbours
+                                   # kept in training (LOL's own test protocol: scenes seen in training)
     crop: int = 128
     batch_size: int = 8
     workers: int = 0               # threads that build batches ahead of the step (and decode at start); 0: none
@@ -165,6 +167,8 @@ def check_config(cfg: TrainConfig, resume: bool = False) -> None:
         raise LldiffError(f"data.darken: {exc}") from None
     if not 0 <= d.val_fraction < 1:
         raise LldiffError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    if d.val_singles < 0:
+        raise LldiffError(f"data.val_singles must be 0 or more, got {d.val_singles}")
     for name in ("crop", "batch_size", "val_block"):
         if getattr(d, name) < 1:
             raise LldiffError(f"data.{name} must be at least 1, got {getattr(d, name)}")
@@ -253,7 +257,7 @@ def start_run(cfg: TrainConfig, data: TrainData) -> bool:
     make_folder(out_dir, f"out_dir {out_dir}")
     dump_yaml(to_dict(cfg), out_dir / "config.yaml")
     with atomic_write(out_dir / "split.json") as tmp:
-        tmp.write_text(json.dumps({"val": data.val_names}, indent=1) + "\n")
+        tmp.write_text(json.dumps({"val": data.val_names, "singles": data.val_singles}, indent=1) + "\n")
     return created
 
 
@@ -286,6 +290,7 @@ class TrainData:
 
     pairs: (low, high) for training; photos: normal-light images, darkened per batch;
     val_pairs / val_names: the held-out split (real pairs, then photos darkened with a fixed seed);
+    val_singles: the names of val_names held out as single images (data.val_singles), not blocks;
     skipped: (file, reason) of every file left out.
     """
 
@@ -293,12 +298,13 @@ class TrainData:
     photos: list[torch.Tensor] = field(default_factory=list)
     val_pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     val_names: list[str] = field(default_factory=list)
+    val_singles: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def load_training_data(cfg: TrainConfig) -> TrainData:
     """Find, split and decode the configured data (data.py resolves every paired layout)."""
-    from lldiff_cli.data import load_dataset, split_by_blocks
+    from lldiff_cli.data import load_dataset, split_by_blocks, split_singles
     from lldiff_cli.images import list_images
 
     d, out = cfg.data, TrainData()
@@ -317,7 +323,11 @@ def load_training_data(cfg: TrainConfig) -> TrainData:
         out.skipped += dataset.problems
         if not dataset.pairs:
             raise LldiffError(f"no image pairs in {dataset.description}")
-        train_idx, val_idx = split_by_blocks([p.name for p in dataset.pairs], d.val_fraction, d.val_block)
+        names = [p.name for p in dataset.pairs]
+        train_idx, val_idx = split_by_blocks(names, d.val_fraction, d.val_block)
+        train_idx, singles = split_singles(names, train_idx, d.val_singles)
+        out.val_singles = [names[i] for i in singles]
+        val_idx += singles
         held = set(val_idx)
         decoded = _map(lambda p: _read_training_pair(p, d.max_side), dataset.pairs, d.workers)
         for i in train_idx + val_idx:
@@ -730,7 +740,7 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
                 write_curve(history, out / "curve.png")
                 if on_log:
                     on_log({"step": step, "val_psnr": psnr, "best_psnr": best_psnr,
-                            **val_groups(data.val_names, scores)})
+                            **val_groups(data.val_names, scores, data.val_singles)})
             if step % cfg.ckpt_every == 0:
                 checkpoint("last.pt")
     finally:
@@ -778,12 +788,15 @@ def validate(model_cfg: ModelConfig, state: dict, pairs, device: torch.device, l
     return scores
 
 
-def val_groups(names: list[str], scores: list[float]) -> dict:
-    """Mean PSNR of the real held-out pairs and of the darkened held-out photos, when there are
-    both (``val_psnr`` mixes them): {"val_psnr_pairs": ..., "val_psnr_photos": ...}, else {}."""
+def val_groups(names: list[str], scores: list[float], singles: Iterable[str] = ()) -> dict:
+    """Mean PSNR of each kind of held-out image when there are several (``val_psnr`` mixes them):
+    real pairs held out in blocks ("pairs": new scenes), single pairs ("singles": scenes seen in
+    training, LOL's protocol) and darkened photos ("photos"), as {"val_psnr_pairs": ..., ...}, else {}."""
+    singles = set(singles)
     groups: dict[str, list[float]] = {}
     for name, score in zip(names, scores):
-        groups.setdefault("photos" if name.startswith(PHOTOS) else "pairs", []).append(score)
+        kind = "photos" if name.startswith(PHOTOS) else "singles" if name in singles else "pairs"
+        groups.setdefault(kind, []).append(score)
     if len(groups) < 2:
         return {}
     return {f"val_psnr_{k}": sum(v) / len(v) for k, v in sorted(groups.items())}

@@ -123,6 +123,18 @@ def test_split_by_blocks_holds_out_every_kth_block_of_neighbours():
     assert len(D.split_by_blocks(names, 0.9, 1)[1]) == 10  # at most every other block
 
 
+def test_split_singles_spreads_single_images_and_keeps_their_neighbours():
+    names = [str(i) for i in range(20, 0, -1)]
+    rest, singles = D.split_singles(names, list(range(20)), 4)
+    assert [names[i] for i in singles] == ["3", "8", "13", "18"]  # evenly spread over 1..20
+    assert sorted(rest + singles) == list(range(20))
+    held = {int(names[i]) for i in singles}
+    assert all(n - 1 not in held and n + 1 not in held for n in held)  # neighbours stay in training
+    assert D.split_singles(names, list(range(20)), 0)[1] == []
+    with pytest.raises(LldiffError, match="cannot hold out 11 single images of 20"):
+        D.split_singles(names, list(range(20)), 11)
+
+
 def test_run_split_reads_the_runs_held_out_names(tmp_path):
     pairs = [D.Pair(name, tmp_path / f"{name}.png") for name in ("1", "2", "3")]
     (tmp_path / "split.json").write_text('{"val": ["2"]}')
@@ -130,6 +142,12 @@ def test_run_split_reads_the_runs_held_out_names(tmp_path):
     assert [p.name for p in D.run_split(pairs, tmp_path, held_out=False)] == ["1", "3"]
     with pytest.raises(LldiffError, match="split.json not found"):
         D.run_split(pairs, tmp_path / "elsewhere")
+    (tmp_path / "split.json").write_text('{"val": ["1", "2"], "singles": ["1"]}')
+    assert [p.name for p in D.run_split(pairs, tmp_path, part="singles")] == ["1"]
+    assert [p.name for p in D.run_split(pairs, tmp_path, part="blocks")] == ["2"]
+    assert [p.name for p in D.run_split(pairs, tmp_path, held_out=False)] == ["3"]
+    with pytest.raises(LldiffError, match="unknown held-out part 'x'"):
+        D.run_split(pairs, tmp_path, part="x")
     (tmp_path / "split.json").write_text('{"train": []}')
     with pytest.raises(LldiffError, match="not a split.json"):
         D.run_split(pairs, tmp_path)

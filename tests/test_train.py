@@ -325,6 +325,29 @@ def test_validation_reports_pairs_and_darkened_photos_apart():
     assert val_groups(names[:2], scores[:2]) == {}  # one kind alone: val_psnr says it
     assert val_groups(names[2:], scores[2:]) == {}
     assert val_groups(names, scores[:3]) == {"val_psnr_pairs": 21.0, "val_psnr_photos": 10.0}  # val_images cut
+    assert val_groups(names[:2], scores[:2], singles=["2"]) == {"val_psnr_pairs": 20.0, "val_psnr_singles": 22.0}
+
+
+def test_single_pairs_are_held_out_beside_the_blocks(tmp_path):
+    import json
+
+    from lldiff_cli.train import start_run
+
+    make_paired(tmp_path / "root" / "LOL-v2" / "Real_captured" / "Train", n=8)
+    base = tmp_path / "root" / "LOL-v2" / "Real_captured" / "Train"
+    (base / "low").rename(base / "Low")
+    (base / "high").rename(base / "Normal")
+    cfg = tiny_cfg(tmp_path, "data.layout=LOLv2-real", f"data.root={tmp_path / 'root'}", "data.photos=null",
+                   "data.val_block=2", "data.val_fraction=0.25", "data.val_singles=2")
+    data = load_training_data(cfg)
+    # pairs 0..7: the last block of two (6, 7) held out, then 2 singles spread over 0..5
+    assert data.val_names == ["6", "7", "1", "4"] and data.val_singles == ["1", "4"]
+    assert len(data.pairs) == 4
+    start_run(cfg, data)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split == {"val": data.val_names, "singles": ["1", "4"]}
+    with pytest.raises(LldiffError, match="data.val_singles must be 0 or more"):
+        check_config(tiny_cfg(tmp_path, "data.val_singles=-1"))
 
 
 def test_write_curve_copes_with_little_history(tmp_path):
