@@ -1,0 +1,103 @@
+"""How well can a dark image tell its ground truth's brightness? Exposure estimators fitted on
+a run's training pairs, scored on its two held-out parts.
+
+    python benchmarks/brightness.py RUN [--grids none,6x8] [--jitter 0,0.15] [--iterations 600]
+
+RUN is a `lldiff train` run folder (config.yaml for the data, split.json for the held-out
+names: "singles", LOL's protocol, scenes seen in training; "blocks", new scenes). For each
+estimator (lldiff_cli.networks.ExposureNet with the given grid, fitted by
+lldiff_cli.calibrate.fit_exposure on whole training images) and for the constant prior (the
+training targets' mean), it prints per part the mean absolute error of log brightness and the
+PSNR of the ground truth itself rescaled to the estimate (clipped to [0, 1]): what the
+brightness alone costs a perfect image, an upper bound for a model driven by that estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from lldiff_cli.calibrate import fit_exposure
+from lldiff_cli.data import layout_dirs, paired_folders, run_split
+from lldiff_cli.errors import LldiffError, run_script
+from lldiff_cli.images import read_image
+from lldiff_cli.metrics import psnr
+from lldiff_cli.networks.exposure import ExposureNet
+from lldiff_cli.wavelet import dwt2
+
+
+def low_band(image: torch.Tensor, levels: int = 2) -> torch.Tensor:
+    """The band the model's estimator reads: 1x3xHxW in [0, 1] -> the level-``levels`` Haar low
+    band of 2 * image - 1, scaled back to [-1, 1] (WaveletDiffusion.decompose's first output)."""
+    x = image * 2 - 1
+    for _ in range(levels):
+        x = dwt2(x)[0]
+    return x / 2 ** levels
+
+
+def load_part(run: Path, part: str | None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, low, high) of the run's training pairs (part None) or of one held-out part."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    low_dir, high_dir = layout_dirs(cfg["layout"], Path(cfg["root"]), cfg.get("split", "train"))
+    pairs = paired_folders(low_dir, high_dir).pairs
+    chosen = run_split(pairs, run, held_out=False) if part is None else run_split(pairs, run, part=part)
+    return [(p.name, read_image(p.low).rgb, read_image(p.high).rgb) for p in chosen]
+
+
+PSNR_CAP = 60.0  # an estimate within rounding of the truth reads 60 dB, not inf (which would end the mean)
+
+
+def scores(estimates: torch.Tensor, parts: list) -> dict:
+    """Mean |log error| and rescaled-ground-truth PSNR of ``estimates`` over ``parts``."""
+    errors, psnrs = [], []
+    for e, (_, _, high) in zip(estimates.tolist(), parts):
+        true = float(high.mean())
+        errors.append(abs(torch.log(torch.tensor(e / true)).item()))
+        psnrs.append(min(PSNR_CAP, psnr((high * e / true).clamp(0, 1), high)))
+    return {"log_error": round(sum(errors) / len(errors), 4), "psnr_bound": round(sum(psnrs) / len(psnrs), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--grids", default="none,6x8", help="estimator grids: none (pooled only) or RxC")
+    parser.add_argument("--jitter", default="0,0.15")
+    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    args = parser.parse_args()
+    if not (args.run / "split.json").is_file():
+        raise LldiffError(f"{args.run} is not a training run folder (no split.json)")
+    grids = [None if g == "none" else tuple(int(v) for v in g.split("x")) for g in args.grids.split(",")]
+    jitters = [float(j) for j in args.jitter.split(",")]
+    train = load_part(args.run, None)
+    held = {part: load_part(args.run, part) for part in ("singles", "blocks")}
+    band = {name: low_band(low) for group in [train, *held.values()] for name, low, _ in group}
+    targets = torch.tensor([float(high.mean()) for _, _, high in train])
+    prior = float(targets.mean())
+    rows = [{"estimator": f"constant {prior:.4f}",
+             **{part: scores(torch.full((len(items),), prior), items) for part, items in held.items()}}]
+    for grid in grids:
+        for jitter in jitters:
+            torch.manual_seed(0)
+            net = ExposureNet(width=args.width, grid=grid)
+            start = time.perf_counter()
+            fit_exposure(net, [band[n] for n, _, _ in train], targets, iterations=args.iterations, jitter=jitter,
+                         lr=args.lr)
+            with torch.no_grad():
+                est = {part: torch.cat([net(band[n]) for n, _, _ in items]) for part, items in held.items()}
+                fit = torch.cat([net(band[n]) for n, _, _ in train])
+            rows.append({"estimator": f"grid {grid} jitter {jitter}", "seconds": round(time.perf_counter() - start),
+                         "train": scores(fit, train),
+                         **{part: scores(est[part], items) for part, items in held.items()}})
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    run_script(main)
