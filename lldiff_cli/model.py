@@ -398,15 +398,29 @@ def save_checkpoint(model: WaveletDiffusion, path: Path, extra: Optional[dict] =
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """The record ``save_checkpoint`` wrote (weights_only=True); LldiffError naming ``path``
+    otherwise, in one line: a missing file, a file torch.save did not write (a text file, an
+    image), a damaged one, or one that is not an lldiff checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise LldiffError(f"model file not found: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive (its legacy format is not ours)
+        raise LldiffError(f"{path}: not an lldiff checkpoint (not a file torch.save wrote)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        # torch's message runs to a page of advice; its first line says what went wrong.
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        raise LldiffError(f"{path}: not a readable lldiff checkpoint ({type(exc).__name__}: {first})") from None
+        text = str(exc)
+        if "Weights only load failed" in text:
+            # torch's page of advice ends in the reason, e.g. "Unsupported global: GLOBAL x.Y".
+            reason = next((line.split("error:", 1)[1].strip().split(". ")[0] for line in text.splitlines()
+                           if "WeightsUnpickler error:" in line), "")
+            raise LldiffError(f"{path}: not an lldiff checkpoint (it holds Python objects, not only "
+                              f"weights{': ' + reason if reason else ''})") from None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        raise LldiffError(f"{path}: not a readable lldiff checkpoint, damaged or cut short "
+                          f"({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != "lldiff-checkpoint-1":
         raise LldiffError(f"{path}: not an lldiff checkpoint (no 'format: lldiff-checkpoint-1' record)")
     return payload
@@ -479,27 +493,55 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def card_weights(card: Path) -> Path:
+    """The checkpoint a model card (.yaml) names, once checked: the card reads as YAML with a
+    ``weights`` file name inside the card's own folder (symlinks resolved) and a ``sha256`` of
+    64 hex digits that the file matches. Anything else is one LldiffError naming the card."""
+    import re
+
+    import yaml
+
+    card = Path(card)
+    try:
+        record = yaml.safe_load(card.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LldiffError(f"model card not found: {card}") from None
+    except IsADirectoryError:
+        raise LldiffError(f"{card} is a folder, not a model card") from None
+    except UnicodeDecodeError:
+        raise LldiffError(f"{card}: not a model card (not a text file)") from None
+    except OSError as exc:
+        raise LldiffError(f"{card}: cannot read the model card ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise LldiffError(f"{card}: not a valid model card ({' '.join(str(exc).split())})") from None
+    if not isinstance(record, dict) or "weights" not in record:
+        raise LldiffError(f"{card}: a model card needs a 'weights' entry naming the checkpoint file")
+    name = record["weights"]
+    if not isinstance(name, str) or not name.strip():
+        raise LldiffError(f"{card}: 'weights' must be the checkpoint's file name, got {name!r}")
+    # A card describes the file beside it: a path out of its folder would load any file on the disk.
+    folder = card.parent.resolve()
+    weights = card.parent / name
+    if Path(name).is_absolute() or folder not in weights.resolve().parents:
+        raise LldiffError(f"{card}: weights {name!r} must be a file inside the card's folder {card.parent}")
+    if not weights.is_file():
+        raise LldiffError(f"{card}: weights file {weights} not found")
+    digest = record.get("sha256")
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        raise LldiffError(f"{card}: sha256 must be the 64 hex digits of the weights file's SHA-256, "
+                          f"got {digest!r}")
+    if sha256_of(weights) != digest.lower():
+        raise LldiffError(f"{weights}: sha256 does not match the card {card} (corrupt or replaced file)")
+    return weights
+
+
 def load_model(path: Optional[Path] = None, map_location="cpu") -> WaveletDiffusion:
     """Load a model from a card (.yaml naming its weights) or a checkpoint (.pt); None: the default.
 
-    A card's sha256 is checked against the weights, so a truncated download is a clear error.
+    A card's sha256 is always checked against the weights (see :func:`card_weights`), so a
+    truncated download or a replaced file is a clear error.
     """
-    import yaml
-
     path = Path(path) if path is not None else find_default_model()
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            card = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LldiffError(f"model card not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise LldiffError(f"{path}: not a valid model card ({' '.join(str(exc).split())})") from None
-        if not isinstance(card, dict) or "weights" not in card:
-            raise LldiffError(f"{path}: a model card needs a 'weights' entry naming the checkpoint file")
-        weights = path.parent / card["weights"]
-        if not weights.is_file():
-            raise LldiffError(f"{path}: weights file {weights} not found")
-        if card.get("sha256") and sha256_of(weights) != card["sha256"]:
-            raise LldiffError(f"{weights}: sha256 does not match the card {path} (corrupt or replaced file)")
-        return model_from_checkpoint(load_checkpoint(weights, map_location), source=str(weights))
+        path = card_weights(path)
     return model_from_checkpoint(load_checkpoint(path, map_location), source=str(path))

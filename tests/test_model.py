@@ -159,15 +159,86 @@ def test_card_checks_sha256_and_names_bad_files(tmp_path, tiny_model):
     card = tmp_path / "card.yaml"
     card.write_text(f"weights: w.pt\nsha256: {sha256_of(weights)}\n")
     assert isinstance(load_model(card), WaveletDiffusion)
-    card.write_text("weights: w.pt\nsha256: deadbeef\n")
+    card.write_text(f"weights: w.pt\nsha256: {'de' * 32}\n")
     with pytest.raises(LldiffError, match="sha256 does not match"):
         load_model(card)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(LldiffError, match="bad.pt: not a readable lldiff checkpoint") as info:
+    with pytest.raises(LldiffError, match="bad.pt: not an lldiff checkpoint") as info:
         load_model(tmp_path / "bad.pt")
     assert "\n" not in str(info.value)  # one line, not torch's page of advice
     with pytest.raises(LldiffError, match="model file not found"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_a_card_loads_only_weights_in_its_own_folder(tmp_path, tiny_model):
+    """A card names a file beside it; '..' or an absolute path would load any file on the disk."""
+    save_checkpoint(tiny_model, tmp_path / "elsewhere" / "x.pt")
+    digest = sha256_of(tmp_path / "elsewhere" / "x.pt")
+    (tmp_path / "models").mkdir()
+    card = tmp_path / "models" / "card.yaml"
+    for weights in ("../elsewhere/x.pt", str(tmp_path / "elsewhere" / "x.pt")):
+        card.write_text(f"weights: {weights}\nsha256: {digest}\n")
+        with pytest.raises(LldiffError, match="card.yaml: .*inside the card's folder") as info:
+            load_model(card)
+        assert "\n" not in str(info.value)
+    (tmp_path / "models" / "link.pt").symlink_to(tmp_path / "elsewhere" / "x.pt")  # resolved, not trusted
+    card.write_text(f"weights: link.pt\nsha256: {digest}\n")
+    with pytest.raises(LldiffError, match="inside the card's folder"):
+        load_model(card)
+
+
+@pytest.mark.parametrize("sha", ["0", '""', "null", "deadbeef", "[1, 2]"])
+def test_a_card_must_carry_the_weights_real_sha256(tmp_path, tiny_model, sha):
+    save_checkpoint(tiny_model, tmp_path / "w.pt")
+    card = tmp_path / "card.yaml"
+    card.write_text(f"weights: w.pt\nsha256: {sha}\n")
+    with pytest.raises(LldiffError, match="card.yaml: .*sha256 must be the 64 hex digits"):
+        load_model(card)
+    card.write_text("weights: w.pt\n")
+    with pytest.raises(LldiffError, match="card.yaml: .*sha256 must be the 64 hex digits"):
+        load_model(card)
+    card.write_text(f"weights: w.pt\nsha256: {'ab' * 32}\n")
+    with pytest.raises(LldiffError, match="sha256 does not match the card"):
+        load_model(card)
+
+
+@pytest.mark.parametrize("write, reason", [
+    (lambda card: card.write_text("weights: 12\nsha256: x\n"), "'weights' must be"),
+    (lambda card: card.write_text("weights: [a.pt, b.pt]\n"), "'weights' must be"),
+    (lambda card: card.write_text("weights:\n"), "'weights' must be"),
+    (lambda card: card.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary"), "not a text file"),
+    (lambda card: card.mkdir(), "is a folder"),
+    (lambda card: card.write_text("- a list\n"), "needs a 'weights' entry"),
+])
+def test_a_bad_card_is_one_line_naming_it(tmp_path, write, reason):
+    card = tmp_path / "x.yaml"
+    write(card)
+    with pytest.raises(LldiffError, match=reason) as info:
+        load_model(card)
+    assert str(info.value).startswith(f"{card}") and "\n" not in str(info.value)
+
+
+def test_a_file_that_is_no_checkpoint_is_one_line_saying_so(tmp_path, tiny_model):
+    from PIL import Image
+
+    (tmp_path / "text.pt").write_text("hello, not weights\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "some.png")
+    for path in (tmp_path / "text.pt", tmp_path / "some.png"):
+        with pytest.raises(LldiffError) as info:
+            load_model(path)
+        assert str(info.value) == f"{path}: not an lldiff checkpoint (not a file torch.save wrote)"
+    torch.save({"model": tiny_model}, tmp_path / "pickled.pt")  # a whole pickled module, not weights
+    with pytest.raises(LldiffError) as info:
+        load_model(tmp_path / "pickled.pt")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'pickled.pt'}: not an lldiff checkpoint")
+    assert "\n" not in message and "weights_only" not in message and "arbitrary code" not in message
+    save_checkpoint(tiny_model, tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])  # a truncated download
+    with pytest.raises(LldiffError, match="cut.pt: not a readable lldiff checkpoint") as info:
+        load_model(tmp_path / "cut.pt")
+    assert "\n" not in str(info.value)
 
 
 def test_checkpoint_with_wrong_weights_is_a_clear_error(tmp_path, tiny_model):
