@@ -145,6 +145,27 @@ def check_config(cfg: TrainConfig, resume: bool = False) -> None:
     A resumed run does not need its ``init`` checkpoint any more (its weights are in last.pt)."""
     from lldiff_cli.data import LAYOUTS
 
+    for key, value in _numbers(to_dict(cfg)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LldiffError(f"{key} must be a finite number, got {value}")
+    o = cfg.optim
+    if o.lr <= 0:
+        raise LldiffError(f"optim.lr must be more than 0, got {o.lr}")
+    if not 0 <= o.min_lr <= o.lr:  # the cosine decays from lr to min_lr (get_lr)
+        raise LldiffError(f"optim.min_lr must be in [0, optim.lr] = [0, {o.lr}], got {o.min_lr}")
+    if o.weight_decay < 0:
+        raise LldiffError(f"optim.weight_decay must be 0 or more, got {o.weight_decay}")
+    if o.grad_clip <= 0:
+        raise LldiffError(f"optim.grad_clip must be more than 0, got {o.grad_clip}")
+    if not 0 <= o.ema_decay < 1:
+        raise LldiffError(f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
+    for name, weight in asdict(cfg.loss).items():
+        if weight < 0:
+            raise LldiffError(f"loss.{name} must be 0 or more, got {weight}")
+    if cfg.threads < 0:
+        raise LldiffError(f"threads must be 0 (PyTorch's choice) or more, got {cfg.threads}")
+    if cfg.val_images < 0:
+        raise LldiffError(f"val_images must be 0 (all) or more, got {cfg.val_images}")
     d = cfg.data
     layouts = [*LAYOUTS, "paired", NO_PAIRS]
     if d.layout.lower() not in [name.lower() for name in layouts]:
@@ -209,6 +230,18 @@ def check_config(cfg: TrainConfig, resume: bool = False) -> None:
     if d.crop < smallest:
         raise LldiffError(f"data.crop ({d.crop}) must be at least {smallest} for this model "
                           f"(the exposure net needs a band of 8x8: crop / 2**levels)")
+
+
+def _numbers(value, key: str = "") -> Iterator[tuple[str, object]]:
+    """(dotted key, value) of every leaf of a config as plain dicts and lists: a.b[1]."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _numbers(v, f"{key}[{i}]")
+    else:
+        yield key, value
 
 
 def _under(name: str, prefix: str) -> bool:

@@ -211,6 +211,30 @@ def test_bad_values_are_clear_errors(tmp_path, override, message):
         check_config(tiny_cfg(tmp_path, override))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-0.001", "optim.lr must be more than 0, got -0.001"),
+    ("optim.lr=0", "optim.lr must be more than 0, got 0.0"),
+    ("optim.min_lr=-1", "optim.min_lr must be in [0, optim.lr] = [0, 0.001], got -1.0"),
+    ("optim.min_lr=0.01", "optim.min_lr must be in [0, optim.lr] = [0, 0.001], got 0.01"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be 0 or more, got -1.0"),
+    ("optim.grad_clip=-1", "optim.grad_clip must be more than 0, got -1.0"),
+    ("optim.ema_decay=2", "optim.ema_decay must be in [0, 1), got 2.0"),
+    ("threads=-1", "threads must be 0 (PyTorch's choice) or more, got -1"),
+    ("val_images=-1", "val_images must be 0 (all) or more, got -1"),
+    ("loss.tv=-0.5", "loss.tv must be 0 or more, got -0.5"),
+    # nan and inf are refused in every float, wherever it is
+    ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
+    ("optim.grad_clip=inf", "optim.grad_clip must be a finite number, got inf"),
+    ("loss.x0=-inf", "loss.x0 must be a finite number, got -inf"),
+    ("data.darken.gamma=[1, .nan]", "data.darken.gamma[1] must be a finite number, got nan"),
+    ("model.schedule.beta_end=.inf", "model.schedule.beta_end must be a finite number, got inf"),
+])
+def test_training_values_that_make_no_sense_are_refused(tmp_path, override, message):
+    """Each was accepted (a negative lr, clipping to -1, an EMA that grows) or a traceback."""
+    with pytest.raises(LldiffError, match=re.escape(message)):
+        check_config(tiny_cfg(tmp_path, override))
+
+
 def run_train(cfg: TrainConfig, data: TrainData, **kwargs) -> dict:
     return train(cfg, data, device=torch.device("cpu"), **kwargs)
 
