@@ -105,15 +105,29 @@ def to_dict(obj) -> dict:
 
 
 def load_yaml(path: Path) -> dict:
+    """The mapping a YAML config file holds ({} when empty); any other file is an LldiffError
+    naming it and why."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except FileNotFoundError:
         raise LldiffError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise LldiffError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise LldiffError(f"{path}: not a text file (not UTF-8); a config is a YAML file") from None
     except yaml.YAMLError as exc:
         raise LldiffError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    return data or {}
+    except OSError as exc:
+        raise LldiffError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string", int: "a number", float: "a number",
+                bool: "a boolean"}.get(type(data), type(data).__name__)
+        raise LldiffError(f"{path}: expected a mapping of config keys, got {kind}")
+    return data
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -95,6 +95,23 @@ def test_unknown_key_in_the_yaml_file(tmp_path):
                                      "lr, max_steps, min_lr, warmup, weight_decay")
 
 
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: p.mkdir(), "is a folder, not a config file"),
+    (lambda p: p.write_bytes(bytes(range(256)) * 4), "not a text file (not UTF-8)"),
+    (lambda p: p.write_bytes(b"\x00\x01\x02 binary"), "not valid YAML"),
+    (lambda p: p.write_text("- optim\n- data\n"), "expected a mapping of config keys, got a list"),
+    (lambda p: p.write_text("just words\n"), "expected a mapping of config keys, got a string"),
+], ids=["folder", "binary", "binary-ascii", "list", "scalar"])
+def test_a_config_file_of_the_wrong_kind_is_one_line(tmp_path, make, reason):
+    path = tmp_path / "config.yaml"
+    make(path)
+    result = lldiff("train", "-c", path, f"out_dir={tmp_path / 'run'}")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.output.strip().startswith(f"error: {path}: {reason}"), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     result = lldiff("train", "-c", TINY_YAML, f"data.photos={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'r'}")
     assert result.exit_code == 2
