@@ -23,7 +23,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+# soft_wrap: Rich never breaks a message line (a path in it) at the console's width: piped into
+# a log or `| cat`, that width is 80 (or $COLUMNS), not a terminal's; a terminal wraps by itself.
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 # Options shared by every command that streams a folder of images.
@@ -93,9 +95,7 @@ def report_batch(report, what: str) -> None:
             f"[{'red' if report.failed else 'green'}]{len(report.failed)} failed[/]")
     if report.done:
         line += f" ({report.seconds_per_image:.2f} s per image)"
-    console.print(line, highlight=False)
-    for rel, reason in report.failed:
-        console.print(f"  [red]failed[/] {escape(str(rel))}: {escape(reason)}", highlight=False, soft_wrap=True)
+    console.print(line, highlight=False)  # each failure was named as it happened (batch_progress)
     if report.failed:
         raise typer.Exit(1)
 
@@ -257,14 +257,17 @@ def enhance(
         if not files:
             _say_no_images(in_dir, recursive)
         refuse_shared_outputs(files, lambda rel: output_path(out_dir, rel, fmt))
-        prepare_output_dir(in_dir, out_dir)  # a bad output folder fails before the model loads
-        net = in_precision(load_model(model, map_location=dev).to(dev), precision)
-        settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap,
-                                   precision=precision, batch_size=batch_size, ensemble=ensemble)
-        check_settings(net, settings)
-        with batch_progress(len(files), "enhance", quiet) as on_item:
-            report = enhance_folder(net, in_dir, out_dir, device=dev, settings=settings, recursive=recursive,
-                                    fmt=fmt, overwrite=overwrite, on_item=on_item, files=files)
+        try:
+            net = in_precision(load_model(model, map_location=dev).to(dev), precision)
+            settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap,
+                                       precision=precision, batch_size=batch_size, ensemble=ensemble)
+            check_settings(net, settings)
+            prepare_output_dir(in_dir, out_dir)  # only now: a model that fails to load leaves no empty folder
+            with batch_progress(len(files), "enhance", quiet) as on_item:
+                report = enhance_folder(net, in_dir, out_dir, device=dev, settings=settings, recursive=recursive,
+                                        fmt=fmt, overwrite=overwrite, on_item=on_item, files=files)
+        except KeyboardInterrupt:
+            fail("interrupted; finished images are kept: run the same command again to resume", code=130)
     report_batch(report, f"enhanced into {out_dir}")
 
 

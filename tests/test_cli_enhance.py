@@ -234,3 +234,43 @@ def test_the_overlap_default_is_the_tilings():
     from lldiff_cli.tiling import DEFAULT_OVERLAP
 
     assert inspect.signature(cli.enhance).parameters["overlap"].default == DEFAULT_OVERLAP
+
+
+def test_enhance_interrupted_says_how_to_resume(tmp_path, checkpoint, dark_folder, monkeypatch):
+    import lldiff_cli.enhance
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lldiff_cli.enhance, "enhance_folder", interrupted)
+    result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--quiet")
+    assert result.exit_code == 130
+    assert "run the same command again to resume" in result.output and "Traceback" not in result.output
+
+
+def test_a_model_that_fails_to_load_leaves_no_output_folder(tmp_path, dark_folder):
+    from PIL import Image
+
+    (tmp_path / "text.pt").write_text("hello, not weights\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "some.png")
+    for model in (tmp_path / "text.pt", tmp_path / "some.png"):
+        result = lldiff("enhance", dark_folder, tmp_path / "new" / "o", "--model", model)
+        assert result.exit_code == 2
+        assert result.output.replace("\n", "") == f"error: {model}: not an lldiff checkpoint (not a file torch.save wrote)"
+        assert not (tmp_path / "new").exists()
+
+
+def test_enhance_quiet_names_each_failure_once(tmp_path, checkpoint, dark_folder):
+    result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--quiet")
+    assert result.exit_code == 1
+    assert result.output.count("broken.jpg") == 1, result.output
+
+
+def test_summary_lines_are_not_wrapped_when_not_a_terminal(tmp_path, checkpoint, dark_folder, monkeypatch):
+    """Piped into a log or `| cat`, a summary line stays one line, however long its path."""
+    monkeypatch.setenv("COLUMNS", "40")
+    out = tmp_path / ("a_long_folder_name_" * 4) / "enhanced"
+    result = lldiff("enhance", dark_folder, out, "--model", checkpoint, "--quiet")
+    assert result.exit_code == 1
+    summary = f"enhanced into {out}: 2 done, 0 skipped, 1 failed"
+    assert any(line.startswith(summary) for line in result.output.splitlines()), result.output
