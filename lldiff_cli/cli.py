@@ -430,16 +430,18 @@ def train(
 
     out_dir gets config.yaml, split.json, log.jsonl, last.pt, best.pt (best validation PSNR)
     and curve.png. Ctrl-C stops after the current step and saves last.pt; --resume continues.
+    One run at a time in an out_dir; a new run needs one without another run's files.
     Several GPUs: torchrun --nproc_per_node N -m lldiff_cli train -c CONFIG.yaml
     """
     import json
     import signal
+    from contextlib import nullcontext
 
     with user_errors():
         from lldiff_cli.config import load_config
         from lldiff_cli.device import pick_device
-        from lldiff_cli.train import (TrainConfig, check_config, check_out_dir, distributed_env,
-                                      load_training_data, start_run, train as run_training, undo_start)
+        from lldiff_cli.train import (TrainConfig, check_config, check_out_dir, distributed_env, hold_out_dir,
+                                      load_training_data, start_run, train as run_training)
 
         cfg = load_config(TrainConfig, config, overrides or [])
         check_config(cfg, resume)
@@ -447,88 +449,87 @@ def train(
         dev = pick_device(device)
         is_main = distributed_env()[0] == 0  # under torchrun only rank 0 writes and reports
         quiet = quiet or not is_main
+    # Rank 0 holds out_dir from here to the end: no other run writes there, and if this one fails
+    # before its first step, what it wrote there goes (train.hold_out_dir).
+    with user_errors(), hold_out_dir(cfg, resume) if is_main else nullcontext():
         data = load_training_data(cfg)
-        created = start_run(cfg, data) if is_main else False
-    out_dir = Path(cfg.out_dir)
-    if is_main:
-        if data.skipped:
-            name, reason = data.skipped[0]
-            console.print(f"[yellow]{len(data.skipped)} file(s) left out[/], e.g. {escape(name)}: {escape(reason)}",
-                          highlight=False, soft_wrap=True)
-    if not quiet:
-        sources = [f"{len(data.pairs)} pairs"] * bool(data.pairs) + [f"{len(data.photos)} photos"] * bool(data.photos)
-        console.print(f"training on {' + '.join(sources)}, validating on {len(data.val_pairs)}; device {dev}; "
-                      f"out {escape(str(out_dir))}", highlight=False, soft_wrap=True)
-
-    from rich.progress import TextColumn
-
-    progress = _progress(quiet, TextColumn("{task.fields[loss]}"))
-    task = progress.add_task("train", total=cfg.optim.max_steps, rate="", loss="")
-    started = []
-
-    def on_step(step: int) -> None:
-        if not started:  # a resumed run starts mid-way: measure the speed from here
-            started.append(step)
-            progress.reset(task, total=cfg.optim.max_steps, completed=step - 1, rate="", loss="")
-        progress.update(task, completed=step)
-        speed = progress.tasks[0].speed
-        if speed:
-            progress.update(task, rate=f"{speed:.2f} it/s" if speed >= 1 else f"{1 / speed:.1f} s/it")
-
-    log_file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if is_main else None
-
-    def on_log(record: dict) -> None:
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
-        if "init" in record:
-            fresh = record["fresh"]
-            line = (f"initialised from {record['init']}: {record['copied']} tensors copied, {len(fresh)} new"
-                    + (f" ({', '.join(sorted({'.'.join(k.split('.')[:3]) for k in fresh}))})" if fresh else ""))
-        elif "val_psnr" in record:
-            line = (f"step {record['step']}: validation PSNR {record['val_psnr']:.2f} dB (best {record['best_psnr']:.2f})"
-                    + (f"; pairs {record['val_psnr_pairs']:.2f}, darkened photos {record['val_psnr_photos']:.2f}"
-                       if "val_psnr_photos" in record else ""))
-        else:
-            progress.update(task, loss=f"loss {record['loss']:.4g}")
-            line = f"step {record['step']}: " + " ".join(
-                f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "it_s") and isinstance(v, float))
-        if not quiet:
-            progress.console.print(line, highlight=False, soft_wrap=True)
-
-    stop = {"now": False}
-
-    def on_interrupt(*_):
-        if stop["now"]:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        stop["now"] = True
-        if not quiet:
-            progress.console.print("stopping after this step (Ctrl-C again to quit without saving)", highlight=False)
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        with user_errors(), progress:
-            result = run_training(cfg, data, device=dev, resume=resume, on_log=on_log, on_step=on_step,
-                                  stop=lambda: stop["now"])
-    except KeyboardInterrupt:
-        fail("interrupted; the last saved checkpoint is kept: continue with --resume", code=130)
-    except BaseException:
-        if is_main and not resume and not started:  # it failed to start: leave no half-made run behind
-            log_file.close()
-            undo_start(out_dir, created)
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if log_file:
-            log_file.close()
-    if is_main:
-        best = (f"best validation PSNR {result['best_psnr']:.2f} dB" if result["best_psnr"] >= 0
-                else "no validation (no held-out images)")
-        console.print(f"{'interrupted' if stop['now'] else 'stopped'} at step {result['step']}; {best}; "
-                      f"checkpoints, curve.png and log.jsonl in {escape(str(out_dir))}", highlight=False, soft_wrap=True)
-    if stop["now"]:
         if is_main:
-            console.print("continue with the same command and --resume", highlight=False)
-        raise typer.Exit(130)
+            start_run(cfg, data)
+        out_dir = Path(cfg.out_dir)
+        if is_main:
+            if data.skipped:
+                name, reason = data.skipped[0]
+                console.print(f"[yellow]{len(data.skipped)} file(s) left out[/], e.g. {escape(name)}: {escape(reason)}",
+                              highlight=False, soft_wrap=True)
+        if not quiet:
+            sources = [f"{len(data.pairs)} pairs"] * bool(data.pairs) + [f"{len(data.photos)} photos"] * bool(data.photos)
+            console.print(f"training on {' + '.join(sources)}, validating on {len(data.val_pairs)}; device {dev}; "
+                          f"out {escape(str(out_dir))}", highlight=False, soft_wrap=True)
+
+        from rich.progress import TextColumn
+
+        progress = _progress(quiet, TextColumn("{task.fields[loss]}"))
+        task = progress.add_task("train", total=cfg.optim.max_steps, rate="", loss="")
+        started = []
+
+        def on_step(step: int) -> None:
+            if not started:  # a resumed run starts mid-way: measure the speed from here
+                started.append(step)
+                progress.reset(task, total=cfg.optim.max_steps, completed=step - 1, rate="", loss="")
+            progress.update(task, completed=step)
+            speed = progress.tasks[0].speed
+            if speed:
+                progress.update(task, rate=f"{speed:.2f} it/s" if speed >= 1 else f"{1 / speed:.1f} s/it")
+
+        log_file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if is_main else None
+
+        def on_log(record: dict) -> None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            if "init" in record:
+                fresh = record["fresh"]
+                line = (f"initialised from {record['init']}: {record['copied']} tensors copied, {len(fresh)} new"
+                        + (f" ({', '.join(sorted({'.'.join(k.split('.')[:3]) for k in fresh}))})" if fresh else ""))
+            elif "val_psnr" in record:
+                line = (f"step {record['step']}: validation PSNR {record['val_psnr']:.2f} dB (best {record['best_psnr']:.2f})"
+                        + (f"; pairs {record['val_psnr_pairs']:.2f}, darkened photos {record['val_psnr_photos']:.2f}"
+                           if "val_psnr_photos" in record else ""))
+            else:
+                progress.update(task, loss=f"loss {record['loss']:.4g}")
+                line = f"step {record['step']}: " + " ".join(
+                    f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "it_s") and isinstance(v, float))
+            if not quiet:
+                progress.console.print(line, highlight=False, soft_wrap=True)
+
+        stop = {"now": False}
+
+        def on_interrupt(*_):
+            if stop["now"]:  # a second Ctrl-C: stop at once
+                raise KeyboardInterrupt
+            stop["now"] = True
+            if not quiet:
+                progress.console.print("stopping after this step (Ctrl-C again to quit without saving)", highlight=False)
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            with user_errors(), progress:
+                result = run_training(cfg, data, device=dev, resume=resume, on_log=on_log, on_step=on_step,
+                                      stop=lambda: stop["now"])
+        except KeyboardInterrupt:
+            fail("interrupted; the last saved checkpoint is kept: continue with --resume", code=130)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if log_file:
+                log_file.close()
+        if is_main:
+            best = (f"best validation PSNR {result['best_psnr']:.2f} dB" if result["best_psnr"] >= 0
+                    else "no validation (no held-out images)")
+            console.print(f"{'interrupted' if stop['now'] else 'stopped'} at step {result['step']}; {best}; "
+                          f"checkpoints, curve.png and log.jsonl in {escape(str(out_dir))}", highlight=False, soft_wrap=True)
+        if stop["now"]:
+            if is_main:
+                console.print("continue with the same command and --resume", highlight=False)
+            raise typer.Exit(130)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -23,7 +23,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -267,6 +267,10 @@ def initialise_from(model: nn.Module, path: Path) -> tuple[int, list[str]]:
     return len(matched), [k for k in own if k not in matched]
 
 
+RUN_FILES = ("config.yaml", "split.json", "log.jsonl", "last.pt", "best.pt", "curve.png")  # what a run writes
+LOCK = "train.lock"  # in out_dir while a run holds it (lock.py): "pid N on HOST"
+
+
 def check_out_dir(cfg: TrainConfig, resume: bool) -> None:
     """Refuse to start over a run (its last.pt), and to resume without one."""
     last = Path(cfg.out_dir) / "last.pt"
@@ -277,33 +281,108 @@ def check_out_dir(cfg: TrainConfig, resume: bool) -> None:
                           "or set out_dir=... to start another")
 
 
-def start_run(cfg: TrainConfig, data: TrainData) -> bool:
-    """Make out_dir and write the run's record, config.yaml and split.json (the held-out names);
-    returns whether out_dir was made now, for :func:`undo_start`."""
+@dataclass
+class RunDir:
+    """out_dir as :func:`hold_out_dir` found it, so that a run that fails before its first step
+    leaves it so: ``found`` maps the run files there to their content where :func:`start_run`
+    may rewrite them (config.yaml, split.json on --resume), else None."""
+
+    path: Path
+    found: dict[str, Optional[bytes]]
+    started: bool = False  # the first step is done, or last.pt saved: from then on the files stay
+
+    def undo(self) -> None:
+        """Remove the run files this run made and put back those it rewrote."""
+        from lldiff_cli.atomic import atomic_write
+
+        for name in RUN_FILES:
+            path, before = self.path / name, self.found.get(name)
+            if name not in self.found:
+                path.unlink(missing_ok=True)
+            elif before is not None and not (path.is_file() and path.read_bytes() == before):
+                with atomic_write(path) as tmp:
+                    tmp.write_bytes(before)
+
+
+_HELD: dict[Path, RunDir] = {}  # out_dirs this process holds, by resolved path
+
+
+@contextmanager
+def hold_out_dir(cfg: TrainConfig, resume: bool) -> Iterator[RunDir]:
+    """Hold out_dir for one run, from its start to its end: make it, lock it (another run holding
+    it is an error, one killed is not: lock.py), and check under the lock that the run may write
+    there: a resumed run where last.pt is, a new run only where no run file is (a config.yaml that
+    already says ``cfg`` excepted: the run keeps it as its own). A run never replaces files it did
+    not make: when the block fails before ``started``, :meth:`RunDir.undo` runs, and a folder made
+    here and left empty goes too. In a process that already holds out_dir (the CLI around
+    :func:`train`), it yields that hold and does nothing more."""
+    from lldiff_cli.batch import make_folder
+    from lldiff_cli.lock import LockHeld, hold
+
+    out = Path(cfg.out_dir)
+    key = out.resolve()
+    if key in _HELD:
+        yield _HELD[key]
+        return
+    with ExitStack() as stack:
+        if not out.exists():
+            stack.callback(_remove_if_empty, out)  # last, once the lock file is gone
+        make_folder(out, f"out_dir {out}")
+        try:
+            stack.enter_context(hold(out / LOCK))
+        except LockHeld as exc:
+            raise LldiffError(f"{out} is in use by another run ({exc.holder or 'a process'}); wait for it "
+                              "to end, or set out_dir=... to start another") from None
+        check_out_dir(cfg, resume)  # again: no other run can change out_dir now
+        theirs = [] if resume else [name for name in RUN_FILES if (out / name).exists()
+                                    and not (name == "config.yaml" and _says(out / name, cfg))]
+        if theirs:
+            raise LldiffError(f"{out} already holds {', '.join(theirs)} (of a run that saved no checkpoint, or "
+                              "your own), which this run would replace: move them away, or set out_dir=... "
+                              "to start another run")
+        rewritten = [out / "config.yaml", out / "split.json"]
+        run = RunDir(out, {path.name: path.read_bytes() if path in rewritten and path.is_file() else None
+                           for path in (out / name for name in RUN_FILES) if path.exists()})
+        _HELD[key] = run
+        stack.callback(_HELD.pop, key)
+        try:
+            yield run
+        except BaseException:
+            if not run.started:
+                run.undo()
+            raise
+
+
+def _says(path: Path, cfg: TrainConfig) -> bool:
+    """Whether the config file at ``path`` loads to ``cfg`` (so a run need not write it)."""
+    from lldiff_cli.config import load_config
+
+    try:
+        return load_config(TrainConfig, path) == cfg
+    except LldiffError:
+        return False
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (or gone): it holds a run, or files of others
+        pass
+
+
+def start_run(cfg: TrainConfig, data: TrainData) -> None:
+    """Write the run's record in out_dir (held: :func:`hold_out_dir`): config.yaml, unless it
+    says ``cfg`` already (a config kept there, or a resumed run's own: then it stays as it is,
+    comments and all), and split.json (the held-out names)."""
     import json
 
     from lldiff_cli.atomic import atomic_write
-    from lldiff_cli.batch import make_folder
 
     out_dir = Path(cfg.out_dir)
-    created = not out_dir.exists()
-    make_folder(out_dir, f"out_dir {out_dir}")
-    dump_yaml(to_dict(cfg), out_dir / "config.yaml")
+    if not _says(out_dir / "config.yaml", cfg):
+        dump_yaml(to_dict(cfg), out_dir / "config.yaml")
     with atomic_write(out_dir / "split.json") as tmp:
         tmp.write_text(json.dumps({"val": data.val_names, "singles": data.val_singles}, indent=1) + "\n")
-    return created
-
-
-def undo_start(out_dir: Path, created: bool) -> None:
-    """Remove what a run that failed before its first step wrote (config, split, log), and
-    out_dir itself if :func:`start_run` made it and nothing else is in it."""
-    out_dir = Path(out_dir)
-    if (out_dir / "last.pt").exists():
-        return
-    for name in ("config.yaml", "split.json", "log.jsonl", "curve.png"):
-        (out_dir / name).unlink(missing_ok=True)
-    if created and not any(out_dir.iterdir()):
-        out_dir.rmdir()
 
 
 def get_lr(step: int, cfg: OptimConfig) -> float:
@@ -651,17 +730,17 @@ def train(cfg: TrainConfig, data: TrainData, *, device: torch.device, resume: bo
     """
     check_config(cfg, resume)
     with process_group(device) as (rank, world, process_device):
-        return _train(cfg, data, process_device, rank, world, resume, on_log, on_step, stop)
+        # Rank 0 writes in out_dir: it holds it to the end (the CLI already does, from before the data loads).
+        with hold_out_dir(cfg, resume) if rank == 0 else nullcontext() as run:
+            return _train(cfg, data, process_device, rank, world, resume, run, on_log, on_step, stop)
 
 
-def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dict:
+def _train(cfg, data, device, rank, world, resume, run, on_log, on_step, stop) -> dict:
     out = Path(cfg.out_dir)
     main = rank == 0
     check_out_dir(cfg, resume)
     if world > 1:
         dist.barrier()  # every rank has looked at out_dir before rank 0 writes into it
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
@@ -750,6 +829,7 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
             seen += 1
             if not main:
                 continue  # rank 0 alone logs, validates and writes checkpoints
+            run.started = True
             for k, v in {"loss": loss, **terms}.items():  # logged as means since the last record
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
                 counts[k] = counts.get(k, 0) + 1
@@ -779,6 +859,7 @@ def _train(cfg, data, device, rank, world, resume, on_log, on_step, stop) -> dic
     finally:
         batches.close()
     if main:
+        run.started = True  # a run stopped before its first step keeps its last.pt (step 0) too
         checkpoint("last.pt")
     if world > 1:
         _check_replicas(model, ema, world, device)

@@ -198,3 +198,119 @@ def test_a_run_that_fails_to_start_leaves_nothing_behind(tmp_path):
                     "--quiet")
     assert result.exit_code == 2
     assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+
+
+def test_a_second_run_into_a_running_runs_out_dir_is_refused(tmp_path):
+    """Before its first checkpoint a run's out_dir looked free: a second run wrote into it too."""
+    import signal
+    import time
+
+    photos = make_photos(tmp_path / "photos")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    args = [sys.executable, "-m", "lldiff_cli", "train", "-c", str(TINY_YAML), f"data.photos={photos}",
+            f"out_dir={run}", *FAST, "optim.max_steps=100000", "log_every=1", "val_every=100000",
+            "ckpt_every=100000", "--device", "cpu"]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = run / "log.jsonl"
+        deadline = time.monotonic() + 60
+        while not (log.is_file() and log.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not (run / "last.pt").exists()
+        record = {name: (run / name).read_bytes() for name in ("config.yaml", "split.json")}
+        second = lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={run}", *FAST,
+                        "optim.lr=0.002", "--quiet")
+        assert second.exit_code == 2, second.output
+        assert f"{run} is in use by another run (pid {first.pid} on " in second.output.replace("\n", "")
+        assert len(second.output.strip().splitlines()) == 1, second.output
+        assert {name: (run / name).read_bytes() for name in record} == record
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err[-2000:]
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1))  # one run's records, none of the other's
+    assert load_checkpoint(run / "last.pt")["train_config"]["optim"]["lr"] == 0.001
+    assert not (run / "train.lock").exists()  # let go at the end
+
+
+@pytest.mark.parametrize("fails_to_start", [False, True], ids=["starts", "fails-to-start"])
+def test_a_new_run_leaves_the_files_of_another_run_alone(tmp_path, fails_to_start):
+    """A run killed before its first checkpoint (or a user) left these: a new run replaced them,
+    and one that failed to start deleted them in its clean-up."""
+    photos = make_photos(tmp_path / "photos", n=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    files = {"config.yaml": "out_dir: elsewhere  # theirs\n", "split.json": '{"val": ["x"]}\n',
+             "log.jsonl": '{"step": 2, "loss": 0.5}\n'}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("not a checkpoint\n")
+    result = lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={run}", *FAST,
+                    *[f"init={bogus}"] * fails_to_start, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert f"{run} already holds config.yaml, split.json, log.jsonl" in result.output.replace("\n", "")
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert {p.name: p.read_text() for p in run.iterdir()} == files
+
+
+def _own_config(tmp_path, run: Path, **extra) -> str:
+    """tiny.yaml made fast, for ``run``, with the user's comments: a config kept in out_dir."""
+    from lldiff_cli.config import apply_overrides, load_yaml
+
+    photos = make_photos(tmp_path / "photos", n=2)
+    data = apply_overrides(load_yaml(TINY_YAML), [*FAST, f"data.photos={photos}", f"out_dir={run}",
+                                                  *(f"{k}={v}" for k, v in extra.items())])
+    return "# my experiment: why I chose these\n" + yaml.safe_dump(data, sort_keys=False) + "# the end\n"
+
+
+def test_a_config_kept_in_out_dir_is_neither_rewritten_nor_removed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    own = run / "config.yaml"
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("not a checkpoint\n")
+    # A run that fails to start removes what it made, not the config it was given.
+    own.write_text(_own_config(tmp_path, run, init=bogus))
+    failed = lldiff("train", "-c", own, "--quiet")
+    assert failed.exit_code == 2 and "notes.pt" in failed.output, failed.output
+    assert [p.name for p in run.iterdir()] == ["config.yaml"]
+    assert own.read_text() == _own_config(tmp_path, run, init=bogus)
+    # Overrides would make the run's record differ from it: refused, as it would be rewritten.
+    text = _own_config(tmp_path, run)
+    own.write_text(text)
+    refused = lldiff("train", "-c", own, "optim.lr=0.002", "--quiet")
+    assert refused.exit_code == 2 and f"{run} already holds config.yaml" in refused.output.replace("\n", "")
+    assert [p.name for p in run.iterdir()] == ["config.yaml"] and own.read_text() == text
+    # As it is, it is the run's config: kept word for word, comments and all.
+    result = lldiff("train", "-c", own, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert own.read_text() == text
+    assert (run / "last.pt").is_file()
+
+
+def test_a_resume_that_fails_keeps_the_runs_config(tmp_path):
+    """Resuming with another model failed, but only after config.yaml had been rewritten with it."""
+    photos = make_photos(tmp_path / "photos", n=2)
+    run = tmp_path / "run"
+    assert lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={run}", *FAST, "--quiet").exit_code == 0
+    record = {name: (run / name).read_bytes() for name in ("config.yaml", "split.json", "log.jsonl")}
+    result = lldiff("train", "-c", run / "config.yaml", "model.unet.width=16", "--resume", "--quiet")
+    assert result.exit_code == 2 and "holds another model" in result.output, result.output
+    assert {name: (run / name).read_bytes() for name in record} == record
+    # A resume that runs updates the run's own config.yaml.
+    more = lldiff("train", "-c", run / "config.yaml", "optim.max_steps=5", "--resume", "--quiet")
+    assert more.exit_code == 0, more.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["max_steps"] == 5
+
+
+def test_a_lock_left_by_a_dead_run_does_not_block(tmp_path):
+    photos = make_photos(tmp_path / "photos", n=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.lock").write_text("pid 999999 on a-machine-that-lost-power\n")
+    result = lldiff("train", "-c", TINY_YAML, f"data.photos={photos}", f"out_dir={run}", *FAST, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert not (run / "train.lock").exists()

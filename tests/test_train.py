@@ -304,6 +304,26 @@ def test_out_dir_guards(tmp_path):
         run_train(other, data, resume=True)
 
 
+def test_a_run_holds_its_out_dir(tmp_path):
+    from lldiff_cli.lock import hold
+    from lldiff_cli.train import hold_out_dir
+
+    cfg = tiny_cfg(tmp_path, "optim.max_steps=1")
+    data = load_training_data(cfg)
+    run = tmp_path / "run"
+    run.mkdir()
+    with hold(run / "train.lock"):  # as another process would (flock: another open file)
+        with pytest.raises(LldiffError, match=r"run is in use by another run \(pid \d+ on .*\); wait for it"):
+            run_train(cfg, data)
+    assert list(run.iterdir()) == []
+    # The process's own hold (the CLI's, from before the data loads) is no obstacle to train().
+    with hold_out_dir(cfg, resume=False) as held:
+        assert (run / "train.lock").is_file()
+        run_train(cfg, data)
+        assert held.started
+    assert "last.pt" in {p.name for p in run.iterdir()} and not (run / "train.lock").exists()
+
+
 def test_logs_validation_curve_and_best_checkpoint(tmp_path):
     cfg = tiny_cfg(tmp_path)
     records = []
