@@ -14,10 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import IMAGE_EXTENSIONS, Image, is_image_file, list_images, read_image
+from lldiff_cli.images import IMAGE_EXTENSIONS, Image, is_image_file, list_files, read_image
 
 
 @dataclass
@@ -46,7 +46,20 @@ def prepare_output_dir(in_dir: Path, out_dir: Path) -> Path:
 def list_inputs(in_dir: Path, out_dir: Path, recursive: bool = False) -> list[Path]:
     """The images of ``in_dir`` (see images.list_images), less any inside ``out_dir`` when the
     output folder lies within the input folder: a batch never takes its own outputs as inputs."""
-    rels = list_images(in_dir, recursive)
+    return _outside(list_files(in_dir, recursive)[0], in_dir, out_dir)
+
+
+def unsupported_inputs(in_path: Path, out_dir: Path, recursive: bool = False) -> list[Path]:
+    """The files a command given ``in_path`` leaves out because they are not images of a supported
+    type (GIFs, RAW files, notes), relative to the input folder, for its summary: none when
+    ``in_path`` is one file; as :func:`list_inputs`, nothing hidden and nothing inside ``out_dir``."""
+    if Path(in_path).is_file():
+        return []
+    return _outside(list_files(in_path, recursive)[1], in_path, out_dir)
+
+
+def _outside(rels: list[Path], in_dir: Path, out_dir: Path) -> list[Path]:
+    """``rels`` (relative to ``in_dir``) less those inside ``out_dir``."""
     try:
         inside = Path(out_dir).resolve().relative_to(Path(in_dir).resolve())
     except ValueError:
@@ -77,6 +90,43 @@ def refuse_shared_outputs(rels: list[Path], target: Callable[[Path], Path]) -> N
         if other != rel:
             raise LldiffError(f"{other} and {rel} would both be written to {out}; "
                               "drop --format or rename one of them")
+
+
+def refuse_writing_inputs(in_dir: Path, inputs: Iterable[Path], outputs: Iterable[Path],
+                          out_folders: Iterable[Path] = ()) -> None:
+    """LldiffError, before any work, when a batch would write over the files it reads: when
+    ``in_dir`` is one of ``out_folders`` (the folders it fills) or lies inside one, or when a file
+    of ``inputs`` is one of ``outputs``. Links are seen through: folders are compared as the
+    same folder on disk, an input by where it leads, an output by where its folder leads (an
+    output replaces its own name by a rename, so a link in that place is replaced, not followed)."""
+    src = Path(in_dir).resolve()
+    for folder in out_folders:
+        inside = next((p for p in (src, *src.parents) if _same_folder(p, Path(folder))), None)
+        if inside is not None:
+            raise LldiffError(f"input folder {in_dir} is {'' if inside == src else 'inside '}the output folder "
+                              f"{folder}: its files would be overwritten; choose an input folder outside {folder}")
+    folders: dict[Path, Path] = {}
+
+    def located(path: Path) -> Path:
+        path = Path(path).absolute()
+        if path.parent not in folders:
+            folders[path.parent] = path.parent.resolve()
+        return folders[path.parent] / path.name
+
+    written = {located(p): p for p in outputs}
+    for path in inputs:
+        hit = written.get(located(Path(path).resolve()))
+        if hit is not None:
+            raise LldiffError(f"{path} would be overwritten by the output {hit}; "
+                              "choose input and output folders that do not overlap")
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one folder (links and a case-insensitive disk seen through)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet
+        return a.resolve() == b.resolve()
 
 
 def make_folder(folder: Path, what: str | None = None) -> Path:
@@ -113,24 +163,37 @@ def run_batch(
     in_dir: Path,
     rels: list[Path],
     *,
-    is_done: Callable[[Path], bool],
+    outputs: Callable[[Path], list[Path]],
     process: Callable[[Path, Image], None],
+    recorded: Callable[[Path], bool] | None = None,
     overwrite: bool = False,
     on_item: Callable[[Path, str], None] | None = None,
 ) -> BatchReport:
     """Run ``process(rel, image)`` for every input ``in_dir / rel``.
 
-    ``is_done(rel)`` says whether an input's outputs are all in place; such an
-    input is skipped without being decoded unless ``overwrite``.
+    ``outputs(rel)`` lists the files an input writes. An input whose outputs are all
+    in place (and, when ``recorded`` is given, ``recorded(rel)``: a manifest lists it)
+    is skipped without being decoded unless ``overwrite``; one with a folder where an
+    output goes fails, before anything of it is written.
     ``on_item(rel, status)`` is called after each input with "done", "skipped"
     or "failed: <reason>". Exceptions other than LldiffError (and OSError from
     writing) propagate: they are bugs, not bad input.
     """
     report = BatchReport()
     start = time.perf_counter()
+
+    def fail(rel: Path, reason: str) -> None:
+        report.failed.append((rel, reason))
+        if on_item:
+            on_item(rel, f"failed: {reason}")
+
     todo = []
     for rel in rels:
-        if not overwrite and is_done(rel):
+        files = outputs(rel)
+        blocked = next((p for p in files if p.is_dir()), None)
+        if blocked is not None:
+            fail(rel, f"a folder is in the way of the output {blocked}")
+        elif not overwrite and all(p.is_file() for p in files) and (recorded is None or recorded(rel)):
             report.skipped.append(rel)
             if on_item:
                 on_item(rel, "skipped")
@@ -144,10 +207,7 @@ def run_batch(
             try:
                 process(rel, current.result())
             except (LldiffError, OSError) as exc:
-                reason = exc.reason if hasattr(exc, "reason") else str(exc)
-                report.failed.append((rel, reason))
-                if on_item:
-                    on_item(rel, f"failed: {reason}")
+                fail(rel, exc.reason if hasattr(exc, "reason") else str(exc))
                 continue
             report.done.append(rel)
             if on_item:

@@ -89,13 +89,18 @@ def _say_no_images(in_dir: Path, recursive: bool) -> None:
                   + ("" if recursive else " (--recursive also looks in sub-folders)"), highlight=False)
 
 
-def report_batch(report, what: str) -> None:
-    """Print the done / skipped / failed summary; exit 1 if anything failed."""
+def report_batch(report, what: str, left_out=()) -> None:
+    """Print the done / skipped / failed summary, and the files ``left_out`` as unsupported
+    (batch.unsupported_inputs), which fail nothing; exit 1 if anything failed."""
     line = (f"{what}: [green]{len(report.done)} done[/], {len(report.skipped)} skipped, "
             f"[{'red' if report.failed else 'green'}]{len(report.failed)} failed[/]")
     if report.done:
         line += f" ({report.seconds_per_image:.2f} s per image)"
     console.print(line, highlight=False)  # each failure was named as it happened (batch_progress)
+    if left_out:
+        names = ", ".join(str(rel) for rel in left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        console.print(f"[yellow]left out {len(left_out)} {'file' if len(left_out) == 1 else 'files'} "
+                      f"of an unsupported type:[/] {escape(names)}", highlight=False)
     if report.failed:
         raise typer.Exit(1)
 
@@ -165,8 +170,9 @@ def darken(
 
     with user_errors():
         from lldiff_cli import darken as core
-        from lldiff_cli.batch import command_inputs, prepare_output_dir
+        from lldiff_cli.batch import command_inputs, unsupported_inputs
 
+        left_out = []
         try:
             if from_manifest is not None:
                 if not in_dir.is_dir():
@@ -185,11 +191,12 @@ def darken(
                     mode=mode.value, lv=lv, factor=0.5 if factor is None else factor,
                     progressive=progressive, steps=10 if steps is None else steps,
                     noise=noise_ranges, seed=seed)
+                left_out = unsupported_inputs(in_dir, out_dir, recursive)
                 in_dir, rels = command_inputs(in_dir, out_dir, recursive)
                 if not rels:
                     _say_no_images(in_dir, recursive)
                 records = core.plan_records(settings, rels, fmt)
-            prepare_output_dir(in_dir, out_dir)  # refused before the progress bar starts
+            core.prepare_dataset(in_dir, out_dir, records)  # refused before the progress bar starts
             with batch_progress(len(records), "darkening", quiet) as on_item:
                 report = core.write_dataset(in_dir, out_dir, records, overwrite=overwrite,
                                             on_item=on_item)
@@ -200,7 +207,7 @@ def darken(
         console.print(f"outputs in {escape(str(out_dir))}: low/, high/"
                       + (", steps/" if any(r["steps"] for r in records) else "")
                       + f", {core.MANIFEST_NAME}", highlight=False, soft_wrap=True)
-    report_batch(report, "darken")
+    report_batch(report, "darken", left_out)
 
 
 app.command("synthesize-dark", short_help="Alias of darken.")(darken)
@@ -234,7 +241,7 @@ def enhance(
     """Enhance every image in IN_DIR with a diffusion model; write them to OUT_DIR."""
     with user_errors():
         from lldiff_cli.device import pick_device, pick_precision
-        from lldiff_cli.batch import command_inputs, prepare_output_dir, refuse_shared_outputs
+        from lldiff_cli.batch import command_inputs, prepare_output_dir, refuse_shared_outputs, unsupported_inputs
         from lldiff_cli.enhance import EnhanceSettings, check_settings, enhance_folder, in_precision
         from lldiff_cli.errors import LldiffError
         from lldiff_cli.images import check_format, output_path
@@ -253,6 +260,7 @@ def enhance(
         check_format(fmt)  # and before the model loads
         dev = pick_device(device)
         precision = pick_precision(precision, dev)
+        left_out = unsupported_inputs(in_dir, out_dir, recursive)
         in_dir, files = command_inputs(in_dir, out_dir, recursive)
         if not files:
             _say_no_images(in_dir, recursive)
@@ -268,7 +276,7 @@ def enhance(
                                         fmt=fmt, overwrite=overwrite, on_item=on_item, files=files)
         except KeyboardInterrupt:
             fail("interrupted; finished images are kept: run the same command again to resume", code=130)
-    report_batch(report, f"enhanced into {out_dir}")
+    report_batch(report, f"enhanced into {out_dir}", left_out)
 
 
 # --- eval ---------------------------------------------------------------------

@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 
 from lldiff_cli.atomic import atomic_write
-from lldiff_cli.batch import BatchReport, list_inputs, prepare_output_dir, refuse_shared_outputs, run_batch
+from lldiff_cli.batch import (BatchReport, list_inputs, prepare_output_dir, refuse_shared_outputs,
+                             refuse_writing_inputs, run_batch)
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import Image, check_format, output_path, write_like
 
@@ -132,6 +133,31 @@ def _f64(p: Param) -> Param:
 # --- parameters and their samplers ------------------------------------------------
 
 
+# The values where each parameter means what it says, as (low, high, low end open): alpha and
+# beta (and the dimming factor) keep a fraction of the light, in (0, 1] (0 would be black, above 1
+# would push highlights past white); gamma > 0 bends the curve (below 1 brightens, allowed for
+# experiments; 20 maps mid-grey to ~1e-6; 0 would be a flat grey); the gain is the fraction of full
+# scale one electron is worth, in (0, 1] (0 divides by zero); the read noise is a standard
+# deviation in units of full scale, in [0, 1]. Ranges (LvRanges, NoiseRanges) and manifest
+# records are held to the same limits.
+LIMITS = {"alpha": (0.0, 1.0, True), "beta": (0.0, 1.0, True), "gamma": (0.0, 20.0, True),
+          "factor": (0.0, 1.0, True), "gain": (0.0, 1.0, True), "read_noise": (0.0, 1.0, False)}
+
+
+def _value_problem(name: str, value: float) -> str | None:
+    """Why ``value`` is not an allowed value of parameter ``name`` (see LIMITS), or None;
+    NaN and infinities never are."""
+    low, high, low_open = LIMITS[name]
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer of 400 digits
+        value = math.inf
+    above_low = low < value if low_open else low <= value
+    if math.isfinite(value) and above_low and value <= high:
+        return None
+    return f"{name} {value:g} is not allowed: need {low:g} {'<' if low_open else '<='} {name} <= {high:g}"
+
+
 def _check_range(name: str, rng: tuple[float, float], low: float, high: float,
                  low_open: bool = True) -> tuple[float, float]:
     lo, hi = (float(v) for v in rng)
@@ -161,10 +187,9 @@ class LvRanges:
     gamma: tuple[float, float] = (1.5, 5.0)
 
     def __post_init__(self):
-        object.__setattr__(self, "alpha", _check_range("alpha", self.alpha, 0.0, 1.0))
-        object.__setattr__(self, "beta", _check_range("beta", self.beta, 0.0, 1.0))
-        # gamma below 1 brightens (allowed for experiments); 20 maps mid-grey to ~1e-6.
-        object.__setattr__(self, "gamma", _check_range("gamma", self.gamma, 0.0, 20.0))
+        object.__setattr__(self, "alpha", _check_range("alpha", self.alpha, *LIMITS["alpha"]))
+        object.__setattr__(self, "beta", _check_range("beta", self.beta, *LIMITS["beta"]))
+        object.__setattr__(self, "gamma", _check_range("gamma", self.gamma, *LIMITS["gamma"]))
 
 
 @dataclass(frozen=True)
@@ -185,9 +210,8 @@ class NoiseRanges:
     read_noise: tuple[float, float] = (5e-4, 5e-3)
 
     def __post_init__(self):
-        object.__setattr__(self, "gain", _check_range("gain", self.gain, 0.0, 1.0))
-        object.__setattr__(self, "read_noise",
-                           _check_range("read-noise", self.read_noise, 0.0, 1.0, low_open=False))
+        object.__setattr__(self, "gain", _check_range("gain", self.gain, *LIMITS["gain"]))
+        object.__setattr__(self, "read_noise", _check_range("read-noise", self.read_noise, *LIMITS["read_noise"]))
 
 
 def seed_for(seed: int, rel: Path | str) -> int:
@@ -274,8 +298,9 @@ class DarkenSettings:
 
     def __post_init__(self):
         _check_mode(self.mode)
-        if not 0 < self.factor <= 1:
-            raise LldiffError(f"factor {self.factor:g} is not allowed: need 0 < factor <= 1")
+        problem = _value_problem("factor", self.factor)
+        if problem:
+            raise LldiffError(problem)
         if self.progressive and not 1 <= self.steps <= 999:
             raise LldiffError(f"steps {self.steps} is not allowed: need 1 <= steps <= 999")
 
@@ -336,9 +361,19 @@ def render(image: Image, record: dict) -> dict[str, torch.Tensor]:
     return results
 
 
-def read_manifest(path: Path) -> dict[str, dict]:
-    """Records of a manifest by source path. A later record for a source replaces an
-    earlier one; a torn last line (a run killed while appending) is ignored."""
+def read_manifest(path: Path, *, torn_end_ok: bool = False) -> dict[str, dict]:
+    """Records of a manifest by source path, each checked; a later record for a source replaces
+    an earlier one; a last line cut short is an error unless ``torn_end_ok`` (see :func:`_numbered_records`)."""
+    return {source: record for source, (_, record) in _numbered_records(path, torn_end_ok).items()}
+
+
+def _numbered_records(path: Path, torn_end_ok: bool = False) -> dict[str, tuple[int, dict]]:
+    """(line number, record) of a manifest by source path, each record checked (:func:`_record_problem`).
+
+    A later record for a source replaces an earlier one (a redone image's record is appended).
+    A last line that is not JSON is an error naming it, unless ``torn_end_ok``: a run resuming
+    its own manifest drops the line its killed predecessor was appending, and redoes that image.
+    """
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -351,31 +386,51 @@ def read_manifest(path: Path) -> dict[str, dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines):
+            if number == len(lines) and torn_end_ok:
                 break
+            if number == len(lines):
+                raise LldiffError(f"{path} line {number} is cut short (a run killed while writing it?) "
+                                  "or not a manifest record; remove it to replay the others") from None
             raise LldiffError(f"{path} line {number} is not a manifest record") from None
         problem = _record_problem(record)
         if problem:
             raise LldiffError(f"{path} line {number}: {problem}")
-        records[record["source"]] = record
+        records[record["source"]] = (number, record)
     return records
 
 
 def manifest_records(path: Path) -> list[dict]:
-    """The records of the manifest at ``path`` to replay (:func:`read_manifest`); none is an error."""
-    records = list(read_manifest(path).values())
-    if not records:
+    """The records of the manifest at ``path`` to replay (:func:`read_manifest`): none, or two
+    that would write one file (the later would silently replace the other's), is an error."""
+    numbered = _numbered_records(path)
+    if not numbered:
         raise LldiffError(f"manifest {path} has no records")
-    return records
+    writers: dict[PurePosixPath, int] = {}
+    for number, record in sorted(numbered.values(), key=lambda item: item[0]):
+        names = [PurePosixPath(n) for n in (record["low"], record["high"], *record["steps"])]  # low//a is low/a
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise LldiffError(f"{path} line {number} writes {twice} twice")
+        for name in names:
+            other = writers.setdefault(name, number)
+            if other != number:
+                raise LldiffError(f"{path} line {other} and line {number} would both write {name}: "
+                                  "one would replace the other; drop or rename one of them")
+    return [record for _, record in numbered.values()]
 
 
 # What :func:`render` and the writer read from a record, by key and type.
 _RECORD_FIELDS = {"source": str, "low": str, "high": str, "steps": list, "mode": str, "params": dict}
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _record_problem(record) -> str | None:
-    """Why a manifest record cannot be replayed, or None. Its paths must stay inside the
-    input and output folders: a record naming ../x or /x is refused, not followed."""
+    """Why a manifest record cannot be replayed, or None. Its parameters must be allowed
+    values (LIMITS), so that no image comes out white, black or NaN; its paths must stay
+    inside the input and output folders: a record naming ../x or /x is refused, not followed."""
     if not isinstance(record, dict):
         return "not a JSON object"
     for key, kind in _RECORD_FIELDS.items():
@@ -384,13 +439,20 @@ def _record_problem(record) -> str | None:
     if record["mode"] not in ("lv", "scale"):
         return f"unknown mode {record['mode']!r}; allowed: lv, scale"
     needed = ("alpha", "beta", "gamma") if record["mode"] == "lv" else ("factor",)
-    missing = [key for key in needed if not isinstance(record["params"].get(key), (int, float))]
+    missing = [key for key in needed if not _is_number(record["params"].get(key))]
     if missing:
         return f"params lack {', '.join(missing)}"
     noise = record.get("noise", "missing")
     if noise is not None and not (isinstance(noise, dict) and all(
-            isinstance(noise.get(key), (int, float)) for key in ("gain", "read_noise", "seed"))):
+            _is_number(noise.get(key)) for key in ("gain", "read_noise", "seed"))):
         return "'noise' must be null or hold numbers gain, read_noise and seed"
+    values = {**{key: record["params"][key] for key in needed},
+              **({} if noise is None else {key: noise[key] for key in ("gain", "read_noise")})}
+    problem = next(filter(None, (_value_problem(key, value) for key, value in values.items())), None)
+    if problem:
+        return problem
+    if noise is not None and not (isinstance(noise["seed"], int) and 0 <= noise["seed"] < 2**64):
+        return f"noise seed {noise['seed']!r} is not allowed: need a whole number in [0, 2**64)"
     for name in (record["source"], record["low"], record["high"], *record["steps"]):
         parts = PurePosixPath(name).parts if isinstance(name, str) else ()
         if not parts or parts[0] == "/" or ".." in parts:
@@ -409,7 +471,7 @@ class _Manifest:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.records = read_manifest(self.path) if self.path.exists() else {}
+        self.records = read_manifest(self.path, torn_end_ok=True) if self.path.exists() else {}
         self._compact()
         self._fh = open(self.path, "a", encoding="utf-8")
 
@@ -439,27 +501,39 @@ def plan_records(settings: DarkenSettings, rels: list[Path], fmt: str | None = N
     return [make_record(settings, rel, output_path(Path(), rel, fmt).suffix) for rel in rels]
 
 
+def prepare_dataset(src_dir: Path, out_dir: Path, records: list[dict]) -> Path:
+    """Check, before any file is written, that ``records`` can be written from ``src_dir`` into
+    ``out_dir``, and create it; returns ``out_dir``. Refused: a missing input folder, and any
+    run that would write over a source: an input folder that is (or lies in) a folder the
+    records fill, such as OUT/low or OUT/high, or a record's source that a record writes
+    (batch.refuse_writing_inputs); then the checks of batch.prepare_output_dir."""
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if not src_dir.is_dir():
+        raise LldiffError(f"input folder does not exist: {src_dir}")
+    outputs = [PurePosixPath(name) for r in records for name in (r["low"], r["high"], *r["steps"])]
+    refuse_writing_inputs(src_dir, [src_dir / r["source"] for r in records],
+                          [out_dir / name for name in outputs] + [out_dir / MANIFEST_NAME],
+                          sorted({out_dir / name.parts[0] for name in outputs if len(name.parts) > 1}))
+    return prepare_output_dir(src_dir, out_dir)
+
+
 def write_dataset(src_dir: Path, out_dir: Path, records: list[dict], *, overwrite: bool = False,
                   on_item: Callable[[Path, str], None] | None = None) -> BatchReport:
     """Write each record's files from ``src_dir / record["source"]`` into ``out_dir``.
 
-    An input is skipped when its files and its manifest record exist (unless
-    ``overwrite``); its record is appended to ``out_dir/manifest.jsonl`` only after
-    all its files are in place. Bad inputs are reported in the BatchReport.
+    Checked first by :func:`prepare_dataset`. An input is skipped when its files and its
+    manifest record exist (unless ``overwrite``); its record is appended to
+    ``out_dir/manifest.jsonl`` only after all its files are in place. Bad inputs (and a
+    folder where an output goes) are reported in the BatchReport.
     """
     src_dir = Path(src_dir)
-    if not src_dir.is_dir():
-        raise LldiffError(f"input folder does not exist: {src_dir}")
-    out_dir = prepare_output_dir(src_dir, out_dir)
+    out_dir = prepare_dataset(src_dir, out_dir, records)
     by_rel = {Path(r["source"]): r for r in records}
     manifest = _Manifest(out_dir / MANIFEST_NAME)
     try:
-        def is_done(rel: Path) -> bool:
-            # The record counts as an output: an image whose files exist but whose
-            # record does not (run killed in between) is redone.
+        def outputs(rel: Path) -> list[Path]:
             r = by_rel[rel]
-            files = [out_dir / p for p in (r["low"], r["high"], *r["steps"])]
-            return manifest.has(r["source"]) and all(p.exists() for p in files)
+            return [out_dir / p for p in (r["low"], r["high"], *r["steps"])]
 
         def process(rel: Path, image: Image) -> None:
             record = by_rel[rel]
@@ -467,7 +541,10 @@ def write_dataset(src_dir: Path, out_dir: Path, records: list[dict], *, overwrit
                 write_like(out_dir / name, tensor, image)
             manifest.add(record)
 
-        return run_batch(src_dir, list(by_rel), is_done=is_done, process=process,
+        # The record counts as an output: an image whose files exist but whose record
+        # does not (run killed in between) is redone.
+        return run_batch(src_dir, list(by_rel), outputs=outputs, process=process,
+                         recorded=lambda rel: manifest.has(by_rel[rel]["source"]),
                          overwrite=overwrite, on_item=on_item)
     finally:
         manifest.close()

@@ -72,5 +72,5 @@ def enhance_folder(model, in_dir: Path, out_dir: Path, *, device: torch.device, 
         out = enhance_image(model, image.rgb, settings, device)
         write_like(output_path(out_dir, rel, fmt), out, image)
 
-    return run_batch(in_dir, files, is_done=lambda rel: output_path(out_dir, rel, fmt).exists(),
+    return run_batch(in_dir, files, outputs=lambda rel: [output_path(out_dir, rel, fmt)],
                      process=process, overwrite=overwrite, on_item=on_item)

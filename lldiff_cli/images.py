@@ -77,6 +77,14 @@ def list_images(root: Path, recursive: bool = False) -> list[Path]:
     Files with other extensions and hidden files (our own temporary files among
     them) are skipped quietly. Raises LldiffError when ``root`` is not a readable folder.
     """
+    return list_files(root, recursive)[0]
+
+
+def list_files(root: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """(images, others): the files under ``root`` as paths relative to it, each list sorted.
+    ``others`` are the visible files that are not images of a supported type (a GIF, a RAW file,
+    notes), for a batch to say what it left out; hidden files (our own temporary files among
+    them) are in neither. Raises LldiffError when ``root`` is not a readable folder."""
     root = Path(root)
     if not root.exists():
         raise LldiffError(f"input folder does not exist: {root}")
@@ -85,8 +93,9 @@ def list_images(root: Path, recursive: bool = False) -> list[Path]:
     if not os.access(root, os.R_OK | os.X_OK):
         raise LldiffError(f"input folder is not readable: {root}")
     pattern = root.rglob("*") if recursive else root.glob("*")
-    files = [p.relative_to(root) for p in pattern if p.is_file() and is_image_file(p)]
-    return sorted(files, key=lambda p: p.as_posix())
+    files = sorted((p for p in pattern if p.is_file() and not p.name.startswith(".")), key=lambda p: p.as_posix())
+    images = [p.relative_to(root) for p in files if is_image_file(p)]
+    return images, [p.relative_to(root) for p in files if not is_image_file(p)]
 
 
 def read_image(path: Path) -> Image:

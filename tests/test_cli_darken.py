@@ -258,3 +258,141 @@ def test_a_greyscale_source_stays_greyscale_with_mono_sensor_noise(tmp_path):
     result = lldiff("darken", src, tmp_path / "two", "-q", "--from-manifest", tmp_path / "one/manifest.jsonl")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "one/low/ir.png").read_bytes() == (tmp_path / "two/low/ir.png").read_bytes()
+
+
+# --- issue 22: a run never damages the user's files -------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("source, extra", [
+    ("low", []), ("high", ["--overwrite"]), ("low", ["--format", "bmp"]), ("high/a.jpg", []),
+    ("low/a.jpg", ["--overwrite"]), ("steps", ["--progressive"]),
+])
+def test_darken_into_the_dataset_its_input_lies_in_is_refused(tmp_path, source, extra):
+    """`lldiff darken ds/low ds` would write each darkened copy over its source, and a second
+    --overwrite run would put the dark copy into high/: refused before any work."""
+    photos = plain_folder(tmp_path / "photos", ["a.jpg", "b.jpg"])
+    ds = tmp_path / "ds"
+    assert lldiff("darken", photos, ds, "-q", "--progressive", "--steps", "2").exit_code == 0
+    before = snapshot(ds)
+    result = lldiff("darken", ds / source, ds, *extra)
+    assert result.exit_code == 2
+    line = error_line(result)
+    folder = ds / source.split("/")[0]
+    assert str(folder) in line and "overwritten" in line, line
+    assert snapshot(ds) == before
+
+
+def test_darken_refuses_an_output_folder_linked_to_its_input(tmp_path):
+    photos = plain_folder(tmp_path / "photos", ["a.png"])
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "high").symlink_to(photos, target_is_directory=True)
+    before = snapshot(photos)
+    result = lldiff("darken", photos, tmp_path / "ds")
+    assert result.exit_code == 2 and "overwritten" in error_line(result)
+    assert snapshot(photos) == before and not (tmp_path / "ds" / "low").exists()
+
+
+def test_from_manifest_refuses_records_that_would_write_over_their_sources(tmp_path):
+    """Sources named by a manifest are not filtered by a listing: a record whose output is
+    another record's source (here IN holds OUT) is refused."""
+    root = plain_folder(tmp_path / "root", ["a.png"])
+    assert lldiff("darken", root, root / "ds", "-q").exit_code == 0
+    record = json.loads((root / "ds/manifest.jsonl").read_text())
+    moved = dict(record, source="ds/high/a.png")  # high/a.png is written by the first record
+    (tmp_path / "m.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(dict(moved, low="low/b.png", high="high/b.png")) + "\n")
+    before = snapshot(root)
+    result = lldiff("darken", root, root / "ds", "--overwrite", "--from-manifest", tmp_path / "m.jsonl")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "high/a.png" in line and "overwritten" in line, line
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("gamma", -3, "gamma -3"), ("beta", float("nan"), "beta nan"), ("alpha", 1.5, "alpha 1.5"),
+])
+def test_from_manifest_refuses_bad_parameters_before_writing(tmp_path, key, value, shown):
+    src = plain_folder(tmp_path / "in", ["a.png", "b.png"])
+    assert lldiff("darken", src, tmp_path / "one", "-q").exit_code == 0
+    lines = (tmp_path / "one/manifest.jsonl").read_text().splitlines()
+    bad = json.loads(lines[1])
+    bad["params"][key] = value
+    (tmp_path / "m.jsonl").write_text(lines[0] + "\n" + json.dumps(bad) + "\n")
+    result = lldiff("darken", src, tmp_path / "two", "--from-manifest", tmp_path / "m.jsonl")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "m.jsonl line 2" in line and shown in line, line
+    assert not (tmp_path / "two").exists()
+
+
+@pytest.mark.parametrize("gain", [0, -0.001])
+def test_from_manifest_refuses_a_gain_that_is_not_positive(tmp_path, gain):
+    """It used to be a traceback from torch.poisson that left an empty manifest behind."""
+    src = plain_folder(tmp_path / "in", ["a.png"])
+    assert lldiff("darken", src, tmp_path / "one", "-q", "--noise").exit_code == 0
+    record = json.loads((tmp_path / "one/manifest.jsonl").read_text())
+    record["noise"]["gain"] = gain
+    (tmp_path / "m.jsonl").write_text(json.dumps(record) + "\n")
+    result = lldiff("darken", src, tmp_path / "two", "--from-manifest", tmp_path / "m.jsonl")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "m.jsonl line 1" in line and f"gain {gain:g}" in line, line
+    assert not (tmp_path / "two").exists()
+
+
+def test_from_manifest_refuses_two_records_with_one_output(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png", "a.jpg"])
+    assert lldiff("darken", src, tmp_path / "one", "-q").exit_code == 0
+    lines = (tmp_path / "one/manifest.jsonl").read_text().splitlines()
+    jpg = json.loads(lines[0])
+    assert jpg["source"] == "a.jpg"
+    jpg["low"], jpg["high"] = "low/a.png", "high/a.png"  # the outputs of a.png's record
+    (tmp_path / "m.jsonl").write_text(json.dumps(jpg) + "\n" + lines[1] + "\n")
+    result = lldiff("darken", src, tmp_path / "two", "--from-manifest", tmp_path / "m.jsonl")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "line 1" in line and "line 2" in line and "low/a.png" in line, line
+    assert not (tmp_path / "two").exists()
+
+
+def test_from_manifest_refuses_a_manifest_cut_short(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png", "b.png"])
+    assert lldiff("darken", src, tmp_path / "one", "-q").exit_code == 0
+    lines = (tmp_path / "one/manifest.jsonl").read_text().splitlines()
+    (tmp_path / "m.jsonl").write_text(lines[0] + "\n" + lines[1][:30])
+    result = lldiff("darken", src, tmp_path / "two", "--from-manifest", tmp_path / "m.jsonl")
+    assert result.exit_code == 2
+    assert "m.jsonl line 2" in error_line(result)
+    assert not (tmp_path / "two").exists()
+
+
+def test_a_folder_where_an_output_goes_is_a_failure_not_a_skip(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png", "b.png"])
+    out = tmp_path / "out"
+    assert lldiff("darken", src, out, "-q").exit_code == 0
+    (out / "low/a.png").unlink()
+    (out / "low/a.png").mkdir()  # a folder in the way, the record still in the manifest
+    before = snapshot(out)
+    for extra in ([], ["--overwrite"]):
+        result = lldiff("darken", src, out, "-q", *extra)
+        assert result.exit_code == 1, result.output
+        assert "1 failed" in result.output and "failed a.png" in result.output
+        assert "a folder is in the way" in result.output and str(out / "low" / "a.png") in result.output.replace("\n", "")
+        assert snapshot(out).keys() == before.keys() and (out / "high/a.png").read_bytes() == before["high/a.png"]
+
+
+def test_unsupported_files_are_counted_in_the_summary(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png"])
+    PILImage.fromarray(rgb8()).save(src / "anim.gif")
+    (src / "notes.txt").write_text("not an image")
+    (src / ".hidden.png.part").write_text("our own temporary file")
+    result = lldiff("darken", src, tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert "1 done" in result.output
+    text = result.output.replace("\n", " ")
+    assert "left out 2 files" in text and "anim.gif" in text and "notes.txt" in text
+    assert ".hidden" not in text

@@ -103,6 +103,27 @@ def test_enhance_is_reproducible_and_resumes(tmp_path, checkpoint, dark_folder):
     assert torch.equal(read_image(tmp_path / "o1" / "a.png").rgb, b)
 
 
+def test_enhance_fails_an_image_whose_output_place_holds_a_folder(tmp_path, checkpoint, dark_folder):
+    """A folder where an output goes used to count as 'skipped', and nothing was written."""
+    out = tmp_path / "o"
+    (out / "a.png").mkdir(parents=True)
+    for extra in ([], ["--overwrite"]):
+        result = lldiff("enhance", dark_folder, out, "--model", checkpoint, "--quiet", *extra)
+        assert result.exit_code == 1, result.output
+        text = result.output.replace("\n", "")
+        assert "failed a.png" in text and "a folder is in the way" in text and str(out / "a.png") in text
+        assert (out / "a.png").is_dir() and (out / "b.png").is_file()
+
+
+def test_enhance_counts_the_files_it_leaves_out_as_unsupported(tmp_path, checkpoint, dark_folder):
+    PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(dark_folder / "anim.gif")
+    result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--quiet")
+    assert result.exit_code == 1, result.output  # broken.jpg; the GIF is no failure
+    text = result.output.replace("\n", " ")
+    assert "1 failed" in text and "left out 1 file" in text and "anim.gif" in text
+    assert "failed anim.gif" not in text
+
+
 def test_enhance_self_ensemble_changes_the_output(tmp_path, checkpoint, dark_folder):
     lldiff("enhance", dark_folder, tmp_path / "o1", "--model", checkpoint, "--quiet")
     result = lldiff("enhance", dark_folder, tmp_path / "o4", "--model", checkpoint, "--quiet", "--ensemble", "4")

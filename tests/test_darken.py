@@ -268,6 +268,16 @@ def test_corrupt_manifest_line_is_an_error(tmp_path):
     (lambda r: r.update(low="../../outside.png"), "'../../outside.png' is not a relative path inside"),
     (lambda r: r.update(high="/tmp/abs.png"), "'/tmp/abs.png' is not a relative path inside"),
     (lambda r: r.update(source="../secret.png"), "'../secret.png' is not a relative path inside"),
+    # issue 22: values that would give white, black or NaN images, or a traceback
+    (lambda r: r["params"].update(gamma=-3), "gamma -3 is not allowed: need 0 < gamma <= 20"),
+    (lambda r: r["params"].update(beta=float("nan")), "beta nan is not allowed"),
+    (lambda r: r["params"].update(alpha=float("inf")), "alpha inf is not allowed"),
+    (lambda r: r["params"].update(alpha=0), "alpha 0 is not allowed: need 0 < alpha <= 1"),
+    (lambda r: r["params"].update(beta=True), "params lack beta"),
+    (lambda r: r.update(mode="scale", params={"factor": 1.5}), "factor 1.5 is not allowed"),
+    (lambda r: r["noise"].update(gain=0), "gain 0 is not allowed: need 0 < gain <= 1"),
+    (lambda r: r["noise"].update(read_noise=-0.01), "read_noise -0.01 is not allowed: need 0 <= read_noise <= 1"),
+    (lambda r: r["noise"].update(seed=1.5), "noise seed 1.5 is not allowed"),
 ])
 def test_a_manifest_record_that_cannot_be_replayed_is_named(tmp_path, change, reason):
     good = dk.make_record(dk.DarkenSettings(noise=dk.NoiseRanges()), Path("a.png"), ".png")
@@ -277,6 +287,42 @@ def test_a_manifest_record_that_cannot_be_replayed_is_named(tmp_path, change, re
     with pytest.raises(LldiffError, match="m.jsonl line 2: ") as info:
         dk.read_manifest(tmp_path / "m.jsonl")
     assert reason in str(info.value)
+
+
+def test_replaying_a_manifest_refuses_records_that_share_an_output(tmp_path):
+    settings = dk.DarkenSettings()
+    png, jpg = (dk.make_record(settings, Path(name), ".png") for name in ("a.png", "a.jpg"))
+    (tmp_path / "m.jsonl").write_text(json.dumps(png) + "\n" + json.dumps(jpg) + "\n")
+    with pytest.raises(LldiffError, match=r"m.jsonl line 1 and line 2 would both write low/a.png"):
+        dk.manifest_records(tmp_path / "m.jsonl")
+    twice = dict(png, high="low//a.png")  # one record writing one file twice
+    (tmp_path / "m.jsonl").write_text(json.dumps(twice) + "\n")
+    with pytest.raises(LldiffError, match=r"m.jsonl line 1 writes low/a.png twice"):
+        dk.manifest_records(tmp_path / "m.jsonl")
+
+
+def test_replaying_a_manifest_cut_short_is_refused(tmp_path):
+    src = make_folder(tmp_path / "src", ["a.png", "b.png"])
+    dk.darken_folder(src, tmp_path / "out", dk.DarkenSettings())
+    lines = (tmp_path / "out/manifest.jsonl").read_text().splitlines()
+    (tmp_path / "m.jsonl").write_text(lines[0] + "\n" + lines[1][:20])
+    with pytest.raises(LldiffError, match="m.jsonl line 2 is cut short"):
+        dk.manifest_records(tmp_path / "m.jsonl")
+
+
+def test_write_dataset_never_writes_over_its_sources(tmp_path):
+    src = make_folder(tmp_path / "src", ["a.png"])
+    out = tmp_path / "out"
+    dk.darken_folder(src, out, dk.DarkenSettings())
+    make_folder(out / "low/deeper", ["b.png"])
+    before = tree(out)
+    for folder in ("low", "high"):
+        records = dk.plan_records(dk.DarkenSettings(), [Path("a.png")])
+        with pytest.raises(LldiffError, match=f"input folder .*{folder} is the output folder"):
+            dk.write_dataset(out / folder, out, records, overwrite=True)
+    with pytest.raises(LldiffError, match="is inside the output folder"):
+        dk.darken_folder(out / "low/deeper", out, dk.DarkenSettings())
+    assert tree(out) == before
 
 
 def test_outputs_inside_the_input_folder_are_not_inputs(tmp_path):
