@@ -344,7 +344,14 @@ def eval_command(
         metric_list = ev.choose_metrics(metric_names, paired=data.paired)
         lpips_model = M.load_lpips(weights, dev) if weights and "lpips" in metric_list else None
         on_sheet = set(ev.sheet_names(data.pairs, sheet_images)) if sheet else set()
-        # The outputs are checked now, not refused after a scoring run that may take hours.
+        # The outputs are checked now, not refused after a scoring run that may take hours; first
+        # that none would replace an input or a ground truth, or land among them, before any is made.
+        reports = [(f"{option} {path}", path) for option, path in (("--csv", csv_path), ("--json", json_path),
+                                                                  ("--sheet", sheet), ("--save-dir", save_dir)) if path]
+        if save_dir is not None:  # and DIR/METHOD/: a method named like an input folder would write into it
+            reports += [(f"--save-dir {save_dir} (its {_method_slug(n)}/ for method {n})", save_dir / _method_slug(n))
+                        for n in names]
+        ev.refuse_outputs_among_inputs(data, reports)
         for path in (csv_path, json_path):
             if path:
                 prepare_output_file(path)
@@ -352,9 +359,9 @@ def eval_command(
             prepare_output_file(sheet, IMAGE_EXTENSIONS)
         if save_dir is not None:
             make_folder(save_dir, f"--save-dir folder {save_dir}")
+    for name, reason in data.problems:  # known before scoring: named now, once
+        console.print(f"[red]failed[/] {escape(name)}: {escape(reason)}", highlight=False)
     if not data.pairs:
-        for name, reason in data.problems:
-            console.print(f"  [red]failed[/] {name}: {reason}", highlight=False)
         fail(f"no image pairs to score in {data.description}")
 
     cells: dict[str, dict[str, object]] = {}
@@ -387,8 +394,9 @@ def eval_command(
 
     need = Measurement.get(out, out.options.update_width(1000), table).maximum
     Console(file=out.file, width=out.width if out.is_terminal else max(out.width, need)).print(table)
-    notes = ["PSNR/SSIM on 8-bit RGB, SSIM with an 11x11 Gaussian window (sigma 1.5); "
-             "GT-mean columns rescale each output to the ground truth's mean grey first"] if data.paired else []
+    notes = [f"PSNR/SSIM on 8-bit RGB, a per-image PSNR capped at {M.PSNR_CAP:g} dB, SSIM with an 11x11 "
+             "Gaussian window (sigma 1.5); GT-mean columns rescale each output to the ground truth's mean grey first"
+             ] if data.paired else []
     if "lpips" in metric_list and lpips_model is None:
         notes.append(f"LPIPS n/a: no weights (give --lpips-weights or ${M.LPIPS_ENV}; see the README)")
     if "niqe" in metric_list and any(s.means.get("niqe") is None for s in result.summaries):
@@ -416,10 +424,8 @@ def eval_command(
                               highlight=False)
     if save_dir is not None:
         console.print(f"enhanced images: {save_dir}", highlight=False)
-    if result.failures:
-        console.print(f"[red]{len(result.failures)} image(s) not scored:[/]", highlight=False)
-        for name, reason in result.failures:
-            console.print(f"  [red]failed[/] {name}: {reason}", highlight=False)
+    if result.failures:  # each was named once, before or as it failed
+        console.print(f"[red]{len(result.failures)} image(s) not scored[/] (named above)", highlight=False)
         raise typer.Exit(1)
 
 

@@ -74,6 +74,7 @@ class Dataset:
     pairs: list[Pair]
     problems: list[tuple[str, str]] = field(default_factory=list)
     paired: bool = True
+    folders: tuple[Path, ...] = ()  # the folders the images come from (low, and high when paired)
 
     def limit(self, n: int | None) -> "Dataset":
         """The first ``n`` pairs (all when n is None)."""
@@ -81,7 +82,7 @@ class Dataset:
             return self
         if n < 1:
             raise LldiffError(f"--limit must be at least 1, got {n}")
-        return Dataset(self.description, self.pairs[:n], self.problems, self.paired)
+        return Dataset(self.description, self.pairs[:n], self.problems, self.paired, self.folders)
 
 
 def read_pair(pair: Pair):
@@ -184,7 +185,8 @@ def paired_folders(low_dir: Path, high_dir: Path, recursive: bool = False,
             problems.append((name, f"ground truth without a low-light image in {low_dir}"))
     pairs.sort(key=lambda p: p.name)
     problems.sort()
-    return Dataset(description or f"{low_dir} vs {high_dir}", pairs, problems, paired=True)
+    return Dataset(description or f"{low_dir} vs {high_dir}", pairs, problems, paired=True,
+                   folders=(low_dir, high_dir))
 
 
 def unpaired_folder(low_dir: Path, recursive: bool = False) -> Dataset:
@@ -194,7 +196,7 @@ def unpaired_folder(low_dir: Path, recursive: bool = False) -> Dataset:
     if not rels:
         raise LldiffError(f"no images in {low_dir}")
     pairs = [Pair(_stem(rel), low_dir / rel, None) for rel in rels]
-    return Dataset(str(low_dir), pairs, [], paired=False)
+    return Dataset(str(low_dir), pairs, [], paired=False, folders=(low_dir,))
 
 
 def load_dataset(dataset: str | None = None, *, root: Path | None = None, split: str = "test",

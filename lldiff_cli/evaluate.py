@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -146,16 +147,17 @@ class PeakMemory:
 
 def score_image(output: np.ndarray, low: np.ndarray, high: np.ndarray | None,
                 metrics: Sequence[str], lpips_model: M.LPIPS | None = None) -> dict[str, float]:
-    """The requested metrics of one output (all HxWx3 uint8); NaN where one is not defined."""
+    """The requested metrics of one output (all HxWx3 uint8); NaN where one is not defined.
+    PSNRs are capped at ``metrics.PSNR_CAP`` (an identical pair is not inf)."""
     out: dict[str, float] = {}
     for name in metrics:
         if name == "psnr":
-            out[name] = M.psnr(output, high)
+            out[name] = min(M.PSNR_CAP, M.psnr(output, high))
         elif name == "ssim":
             out[name] = M.ssim(output, high)
         elif name in ("psnr_gtmean", "ssim_gtmean"):
             adjusted = M.gt_mean(output, high)
-            out[name] = M.psnr(adjusted, high) if name == "psnr_gtmean" else M.ssim(adjusted, high)
+            out[name] = min(M.PSNR_CAP, M.psnr(adjusted, high)) if name == "psnr_gtmean" else M.ssim(adjusted, high)
         elif name == "lpips":
             out[name] = M.lpips(lpips_model, output, high) if lpips_model is not None else math.nan
         elif name == "loe":
@@ -166,7 +168,7 @@ def score_image(output: np.ndarray, low: np.ndarray, high: np.ndarray | None,
 
 
 def _mean(values: list[float]) -> float | None:
-    """Mean of the defined values (inf is kept: identical images); None when none is defined."""
+    """Mean of the defined values; None when none is defined."""
     defined = [v for v in values if not math.isnan(v)]
     return float(np.mean(defined)) if defined else None
 
@@ -237,6 +239,21 @@ def evaluate(
         spi = float(np.mean([r.seconds for r in mine])) if mine else 0.0
         summaries.append(MethodSummary(method.name, len(mine), means, spi, peaks[method.name]))
     return EvalResult(rows, summaries, failures, metrics)
+
+
+def refuse_outputs_among_inputs(dataset: Dataset, outputs: Sequence[tuple[str, Path]]) -> None:
+    """LldiffError, before any work, when a report path is one of the dataset's files or lies
+    inside one of its folders: writing it would replace an input or a ground truth, or add files
+    to the set. ``outputs``: (what the error calls it, e.g. "--csv r.csv", path); symlinks are resolved."""
+    files = {p.resolve() for pair in dataset.pairs for p in (pair.low, pair.high) if p is not None}
+    for what, path in outputs:
+        target = Path(path).resolve()
+        if target in files:
+            raise LldiffError(f"{what} is one of the images being scored; give a path outside the input folders")
+        for folder in dataset.folders:
+            if target == folder.resolve() or folder.resolve() in target.parents:
+                raise LldiffError(f"{what} lies inside the input folder {folder}; "
+                                  "give a path outside the input folders")
 
 
 def protocol(dataset: Dataset, metrics: Sequence[str], *, split: str | None = None,
@@ -318,11 +335,9 @@ def comparison_sheet(rows: Sequence[tuple[str, Sequence[torch.Tensor]]], labels:
 
 
 def _json_number(value: float | None):
-    """JSON has no NaN or inf: n/a is null and infinity (identical images) is the string "inf"."""
+    """JSON has no NaN: n/a is null. (No mean is inf: PSNR is capped, see score_image.)"""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
     return value
 
 

@@ -31,10 +31,16 @@ from torch import nn
 
 from lldiff_cli.errors import LldiffError
 
+# A per-image PSNR is scored at most this (dB): an identical pair's PSNR is inf (psnr() returns
+# it, as BasicSR's does), and one inf makes a method's mean inf. 100 dB is beyond any real
+# difference: one grey level off in one channel of one pixel of a 600x400 image is 106.7 dB.
+PSNR_CAP = 100.0
+
 # The scoring protocol, recorded in every --json output and printed in the README.
 PROTOCOL = {
     "psnr": "8-bit RGB (outputs rounded to uint8 as saved), MSE over all pixels and channels "
-            "on the 0..255 scale, 10*log10(255^2/MSE); mean of per-image values",
+            f"on the 0..255 scale, 10*log10(255^2/MSE), capped at {PSNR_CAP:g} dB per image (an "
+            "identical pair would be inf, and so would the mean); mean of per-image values",
     "ssim": "Wang et al. 2004: 11x11 Gaussian window sigma 1.5, K1=0.01, K2=0.03, L=255, "
             "population (co)variances, per RGB channel, mean over the valid region (no padding) "
             "and over channels; equals skimage structural_similarity(gaussian_weights=True, "

@@ -239,3 +239,70 @@ def test_eval_scores_a_checkpoint_beside_the_baselines(tmp_path):
     results = json.loads(out.read_text())["results"]
     assert [e["method"] for e in results] == ["tiny", "identity"]
     assert results[0]["n"] == 2 and isinstance(results[0]["psnr"], float)
+
+
+@pytest.mark.parametrize("option, target", [
+    ("--csv", "low/2.png"),          # an input image
+    ("--sheet", "high/1.png"),       # a ground-truth image
+    ("--json", "low/r.json"),        # a new file among the inputs
+    ("--csv", "high/sub/r.csv"),     # inside an input folder
+    ("--save-dir", "low"),           # an input folder itself
+    ("--save-dir", "."),             # DIR/identity/ is safe, but DIR/low/ would be written...
+])
+def test_eval_never_writes_a_report_among_its_inputs(tmp_path, option, target):
+    root = lol_tree(tmp_path / "data", bad=False)
+    folder = root / "LOL/eval15"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    method = tmp_path / "low.pt"  # ...by a method named "low"
+    if target == ".":
+        import torch
+
+        from lldiff_cli.model import WaveletDiffusion, save_checkpoint
+        from tests.conftest import tiny_config
+
+        torch.manual_seed(0)
+        save_checkpoint(WaveletDiffusion(tiny_config()), method)
+    for source in (["--dataset", "LOL", "--data-root", root], ["--low", folder / "low", "--high", folder / "high"]):
+        r = lldiff("eval", *source, "-m", "identity", *(["-m", method] if target == "." else []), *FAST, "-q",
+                   option, folder / target)
+        assert r.exit_code == 2, r.output
+        text = r.stderr.replace("\n", "")
+        assert f"{option} {folder / target}" in text and "input" in text, text
+        assert "identity" not in r.stdout  # refused before scoring
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_eval_names_each_failure_once(tmp_path):
+    root = lol_tree(tmp_path / "data")
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "identity", *FAST, "-q")
+    assert r.exit_code == 1
+    for name in ("4: no ground truth", "5: size mismatch", "6: "):
+        assert r.stderr.count(f"failed {name}") == 1, r.stderr
+    assert "3 image(s) not scored" in r.stderr
+
+
+def test_eval_caps_the_psnr_of_an_identical_pair(tmp_path):
+    """One perfect image would make the mean PSNR inf; a per-image PSNR is capped at 100 dB."""
+    root = lol_tree(tmp_path / "data", bad=False)
+    low = root / "LOL/eval15/low"
+    out = tmp_path / "r.json"
+    r = lldiff("eval", "--low", low, "--high", low, "-m", "identity", *FAST, "--json", out, "--csv",
+               tmp_path / "r.csv", "-q")
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    (entry,) = report["results"]
+    assert entry["psnr"] == M.PSNR_CAP == 100.0 and entry["psnr_gtmean"] == 100.0
+    assert "inf" not in r.stdout and "100.00" in r.stdout
+    assert "capped at 100 dB" in report["protocol"]["definitions"]["psnr"]
+    assert "capped at 100 dB" in r.stderr.replace("\n", " ")
+    with open(tmp_path / "r.csv") as fh:
+        assert {float(row["psnr"]) for row in csv.DictReader(fh)} == {100.0}
+
+
+def test_eval_report_lines_are_not_wrapped_when_not_a_terminal(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    root = lol_tree(tmp_path / "data", bad=False)
+    csv_path = tmp_path / ("a_long_folder_name_" * 4) / "scores.csv"
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "identity", *FAST, "--csv", csv_path, "-q")
+    assert r.exit_code == 0, r.output
+    assert f"per-image scores: {csv_path}" in r.stderr.splitlines()
