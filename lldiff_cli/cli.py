@@ -379,7 +379,7 @@ def eval_command(
     proto = ev.protocol(data, metric_list, split=split if dataset else None,
                         lpips_weights=[str(p) for p in weights], device=str(dev), precision=precision)
 
-    table = Table(title=f"{data.description}: {len(data.pairs)} images")
+    table = Table()
     table.add_column("method")
     table.add_column("n", justify="right")
     for m in metric_list:
@@ -393,7 +393,10 @@ def eval_command(
     from rich.measure import Measurement
 
     need = Measurement.get(out, out.options.update_width(1000), table).maximum
-    Console(file=out.file, width=out.width if out.is_terminal else max(out.width, need)).print(table)
+    wide = Console(file=out.file, width=out.width if out.is_terminal else max(out.width, need))
+    # The set's name (a path) is one line above the table: as its title it was wrapped to the table's width.
+    wide.print(f"[bold]{escape(data.description)}: {len(data.pairs)} images[/]", highlight=False, soft_wrap=True)
+    wide.print(table)
     notes = [f"PSNR/SSIM on 8-bit RGB, a per-image PSNR capped at {M.PSNR_CAP:g} dB, SSIM with an 11x11 "
              "Gaussian window (sigma 1.5); GT-mean columns rescale each output to the ground truth's mean grey first"
              ] if data.paired else []

@@ -134,7 +134,8 @@ def test_eval_reads_the_data_root_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("LLDIFF_DATA", str(root))
     r = lldiff("eval", "--dataset", "LOL", "-m", "he", "--limit", "1", "-q", *FAST)
     assert r.exit_code == 0, r.output
-    assert "1 images" in r.stdout
+    # One line, whatever the console's width and the path's length (piped output is not wrapped).
+    assert f"LOL test ({root / 'LOL' / 'eval15'}): 1 images" in r.stdout.splitlines()
 
 
 def test_eval_missing_layout_is_one_line_naming_the_path(tmp_path, monkeypatch):
