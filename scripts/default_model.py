@@ -3,7 +3,7 @@
     python scripts/default_model.py calibrate runs/default              # -> runs/default/calibrated.pt
     python scripts/default_model.py sweep runs/default --checkpoint calibrated.pt --steps 1,2,4,8 --start-noise 0,1
     python scripts/default_model.py ship runs/default --checkpoint calibrated.pt --steps 4 --eta 0
-    python scripts/default_model.py keep runs/default                     # -> models/train-state/default
+    python scripts/default_model.py keep runs/default                     # -> models/train-state/default (the run's name)
     python scripts/default_model.py merge runs/ft --checkpoint last.pt --base runs/default/best.pt \
         --mix hfrms=1,refiner=1,unet=0.3                                   # -> runs/ft/merged.pt
 
@@ -43,11 +43,13 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 import yaml
 
 from lldiff_cli import metrics as M
+from lldiff_cli.calibrate import fit_exposure
 from lldiff_cli.atomic import atomic_write
 from lldiff_cli.data import layout_dirs, paired_folders, run_split
 from lldiff_cli.device import pick_precision
@@ -58,46 +60,45 @@ from lldiff_cli.model import (DEFAULT_MODEL_NAME, WaveletDiffusion, load_checkpo
                                save_checkpoint, sha256_of)
 
 ROOT = Path(__file__).resolve().parent.parent
+PARTS = {"singles": "singles", "blocks": "blocks"}  # --on's held-out parts (data.run_split's names)
 
 
-def run_pairs(run: Path, held_out: bool = True, every: int = 1, limit: int = 0) -> tuple[list, dict]:
+def run_pairs(run: Path, held_out: bool = True, every: int = 1, limit: int = 0,
+              part: str = "val") -> tuple[list, dict]:
     """(name, low, high) tensors of the run's held-out pairs (or of its training pairs): every
-    ``every``-th, the first ``limit`` of those (0: all); only those are read."""
+    ``every``-th, the first ``limit`` of those (0: all); only those are read. ``part``: all the
+    held-out pairs ("val"), or those held out in blocks ("blocks") or as singles ("singles")."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     data = cfg["data"]
     if data["layout"].lower() == "paired":  # as training reads it (train.load_training_data)
         low_dir, high_dir = Path(data["low"]), Path(data["high"])
     else:
         low_dir, high_dir = layout_dirs(data["layout"], Path(data["root"]), data.get("split", "train"))
-    pairs = run_split(paired_folders(low_dir, high_dir).pairs, run, held_out)[::every][: limit or None]
+    pairs = run_split(paired_folders(low_dir, high_dir).pairs, run, held_out, part)[::every][: limit or None]
     loaded = [(p.name, read_image(p.low).rgb, read_image(p.high).rgb) for p in pairs]
     return loaded, cfg
 
 
-def calibrate(model: WaveletDiffusion, pairs, iterations: int = 300, seed: int = 0) -> None:
-    """Refit model.exposure_net on whole images (squared error to the ground truth's mean grey)."""
+def calibrate(model: WaveletDiffusion, pairs, *, grid: Optional[tuple[int, int]] = None, iterations: int = 300,
+              jitter: float = 0.0, seed: int = 0) -> WaveletDiffusion:
+    """The model with its exposure estimator refitted on whole images (the ground truth's mean grey,
+    :func:`lldiff_cli.calibrate.fit_exposure`); with a ``grid``, a fresh grid estimator (one that
+    can recognise the training scenes) replaces the one it had. The rest of the weights are kept."""
     from lldiff_cli.tiling import pad_to_multiple
 
+    if grid is not None:
+        config = replace(model.config, exposure={**model.config.exposure, "grid": list(grid)})
+        torch.manual_seed(seed)
+        fresh = WaveletDiffusion(config)
+        kept = {k: v for k, v in model.state_dict().items() if not k.startswith("exposure_net.")}
+        fresh.load_state_dict({**fresh.state_dict(), **kept}, strict=True)
+        model = fresh
     with torch.no_grad():
         bands = [model.decompose(pad_to_multiple(low, 2 ** model.levels)[0])[0] for _, low, _ in pairs]
     targets = torch.tensor([float(high.mean()) for _, _, high in pairs])
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.exposure_net.parameters(), lr=1e-3)
-    model.exposure_net.train()
-    for it in range(iterations):
-        idx = torch.randint(len(bands), (32,), generator=gen).tolist()
-        same = {}
-        for i in idx:  # batch images of one size together
-            same.setdefault(tuple(bands[i].shape), []).append(i)
-        loss = 0.0
-        for group in same.values():
-            x = torch.cat([bands[i] for i in group])
-            x = x.flip(-1) if it % 2 else x
-            loss = loss + ((model.exposure_net(x).log() - targets[group].log()) ** 2).sum() / len(idx)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.exposure_net.eval()
+    fit_exposure(model.exposure_net, bands, targets, iterations=iterations, jitter=jitter, seed=seed,
+                 lr=2e-3 if grid is not None else 1e-3)
+    return model
 
 
 def score(model: WaveletDiffusion, pairs, settings: EnhanceSettings) -> dict:
@@ -133,7 +134,8 @@ def sampler_model(payload: dict, **sampler) -> WaveletDiffusion:
 
 
 def keep(run: Path, dest: Path) -> None:
-    """Copy a run's resumable state to ``dest`` (see the module doc); out_dir becomes runs/default.
+    """Copy a run's resumable state to ``dest`` (see the module doc); out_dir becomes runs/NAME
+    (NAME: ``dest``'s name).
 
     Built in a folder beside ``dest`` and swapped in at the end, so an interrupted copy never
     leaves a half-written state where a later session would resume from it."""
@@ -146,7 +148,7 @@ def keep(run: Path, dest: Path) -> None:
             if key in moments:
                 moments[key] = moments[key].to(torch.bfloat16)
     config = yaml.safe_load((run / "config.yaml").read_text())
-    config["out_dir"] = "runs/default"
+    config["out_dir"] = f"runs/{dest.name}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
@@ -161,8 +163,8 @@ def keep(run: Path, dest: Path) -> None:
         shutil.rmtree(building, ignore_errors=True)
     size = sum(f.stat().st_size for f in dest.iterdir()) / 2 ** 20
     shown = dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest
-    print(f"wrote {dest} ({size:.1f} MB); resume: mkdir -p runs && cp -r {shown} runs/default && "
-          f"lldiff train -c runs/default/config.yaml --resume optim.max_steps=N")
+    print(f"wrote {dest} ({size:.1f} MB); resume: mkdir -p runs && cp -r {shown} runs/{dest.name} && "
+          f"lldiff train -c runs/{dest.name}/config.yaml --resume")
 
 
 def merge(base: WaveletDiffusion, tuned: WaveletDiffusion, mix: dict[str, float]) -> dict:
@@ -210,8 +212,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--exposure-prior", default=None, help="the mean grey that auto exposure aims at")
     parser.add_argument("--exposure-spread", default=None,
                         help="the ensemble's copies render at exposure x (1 +- spread)")
-    parser.add_argument("--on", choices=["held-out", "training"], default="held-out",
-                        help="sweep: score the held-out pairs or the training pairs")
+    parser.add_argument("--on", choices=["held-out", *PARTS, "training"], default="held-out",
+                        help="sweep: score the held-out pairs (all, or one part: singles, LOL's protocol; "
+                             "blocks, new scenes) or the training pairs")
+    parser.add_argument("--grid", default="", help="calibrate: a grid estimator of RxC cells (e.g. 6x8) in place "
+                                                   "of the model's own")
+    parser.add_argument("--iterations", type=int, default=300, help="calibrate: fitting iterations")
+    parser.add_argument("--jitter", type=float, default=0.0, help="calibrate: crop jitter while fitting")
     parser.add_argument("--every", type=int, default=1, help="score every N-th pair")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
     parser.add_argument("--precision", default="auto",
@@ -231,7 +238,7 @@ def main(argv=None, models: Path = ROOT / "models") -> None:
     args = parse_args(argv)
     torch.set_flush_denormal(True)
     if args.action == "keep":
-        keep(args.run, models / "train-state" / "default")
+        keep(args.run, models / "train-state" / args.run.name)
         return
     if args.action == "merge" and args.base is None:
         sys.exit("merge needs --base, the weights the run started from")
@@ -262,9 +269,10 @@ def write_merged(args: argparse.Namespace, payload: dict) -> None:
 def write_calibrated(args: argparse.Namespace, payload: dict) -> None:
     """RUN/calibrated.pt: the exposure estimator refitted on the training images (:func:`calibrate`),
     with their mean estimate as the model's exposure_prior."""
-    model = model_from_checkpoint(payload)
     train_pairs, _ = run_pairs(args.run, held_out=False)
-    calibrate(model, train_pairs)
+    grid = tuple(int(v) for v in args.grid.split("x")) if args.grid else None
+    model = calibrate(model_from_checkpoint(payload), train_pairs, grid=grid, iterations=args.iterations,
+                      jitter=args.jitter)
     with torch.no_grad():  # the prior: the mean estimate over the training images
         estimates = [float(model.auto_exposure(low)) for _, low, _ in train_pairs]
     model.config = replace(model.config, exposure_prior=round(sum(estimates) / len(estimates), 4))
@@ -281,7 +289,7 @@ def sweep(args: argparse.Namespace, payload: dict) -> tuple[WaveletDiffusion, di
         sys.exit("--every must be at least 1 and --limit at least 0")
     if args.action == "ship" and args.on != "held-out":
         sys.exit("ship scores the held-out pairs: the card's validation is measured on them")
-    pairs, cfg = run_pairs(args.run, args.on == "held-out", args.every, args.limit)
+    pairs, cfg = run_pairs(args.run, args.on != "training", args.every, args.limit, PARTS.get(args.on, "val"))
 
     def values(text, cast):
         try:

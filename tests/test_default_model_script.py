@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import load_script
 from PIL import Image
@@ -133,3 +134,22 @@ def test_merge_takes_each_module_from_its_mix_and_writes_a_checkpoint(monkeypatc
     monkeypatch.setattr(sys, "argv", ["default_model.py", "merge", str(run), "--mix", "hfrms=1"])
     with pytest.raises(SystemExit, match="merge needs --base"):
         default_model.main()
+
+
+def test_calibrate_with_a_grid_swaps_in_a_grid_estimator_and_keeps_the_rest(monkeypatch, capsys, run):
+    from lldiff_cli.model import load_checkpoint, model_from_checkpoint
+
+    monkeypatch.setattr(sys, "argv", ["default_model.py", "calibrate", str(run), "--grid", "2x3",
+                                      "--iterations", "5", "--jitter", "0.1"])
+    default_model.main()
+    assert "calibrated.pt" in capsys.readouterr().out
+    before = model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    after = model_from_checkpoint(load_checkpoint(run / "calibrated.pt"))
+    assert after.config.exposure["grid"] == [2, 3] and after.exposure_net.grid == (2, 3)
+    mine = after.state_dict()
+    for key, value in before.state_dict().items():
+        if not key.startswith("exposure_net."):
+            assert torch.equal(mine[key], value), key
+    assert 0 < after.config.exposure_prior < 1
+    rows = sweep(monkeypatch, capsys, run, "--checkpoint", "calibrated.pt", "--on", "training")
+    assert rows[0]["n"] == 4

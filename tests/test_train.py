@@ -520,7 +520,7 @@ def test_kept_train_state_resumes(tmp_path):
     state = load_checkpoint(dest / "last.pt")
     moments = next(iter(state["optimizer"]["state"].values()))
     assert moments["exp_avg"].dtype == torch.bfloat16
-    assert "out_dir: runs/default" in (dest / "config.yaml").read_text()
+    assert "out_dir: runs/kept" in (dest / "config.yaml").read_text()  # runs/ + the kept folder's name
     resumed = replace(cfg, out_dir=str(dest), optim=replace(cfg.optim, max_steps=3))
     assert run_train(resumed, data, resume=True)["step"] == 3
     after = load_checkpoint(dest / "last.pt")
