@@ -379,6 +379,8 @@ def _numbered_records(path: Path, torn_end_ok: bool = False) -> dict[str, tuple[
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise LldiffError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise LldiffError(f"{path} is not a manifest: a binary file, not lines of JSON text") from None
     records = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():

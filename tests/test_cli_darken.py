@@ -370,6 +370,15 @@ def test_from_manifest_refuses_a_manifest_cut_short(tmp_path):
     assert not (tmp_path / "two").exists()
 
 
+def test_from_manifest_refuses_a_binary_file(tmp_path):
+    src = plain_folder(tmp_path / "in", ["a.png"])
+    (tmp_path / "m.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    result = lldiff("darken", src, tmp_path / "out", "--from-manifest", tmp_path / "m.jsonl")
+    assert result.exit_code == 2
+    assert "is not a manifest: a binary file" in error_line(result)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_where_an_output_goes_is_a_failure_not_a_skip(tmp_path):
     src = plain_folder(tmp_path / "in", ["a.png", "b.png"])
     out = tmp_path / "out"
