@@ -224,6 +224,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto",
                         help="auto (as lldiff enhance: bfloat16 on a CPU that has it), float32 or bfloat16")
     parser.add_argument("--notes", default="", help="ship: free text for the card (what was tried)")
+    parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="ship: the model's name (MODELS/NAME.pt, NAME.yaml)")
     parser.add_argument("--wall-hours", type=float, default=None,
                         help="ship: training wall time in hours, all stages (the log does not record pauses)")
     parser.add_argument("--stage", default=None, help="ship: this run's entry in the card's stages (default: its folder)")
@@ -320,9 +321,13 @@ def sweep(args: argparse.Namespace, payload: dict) -> tuple[WaveletDiffusion, di
 
 def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, result: dict, cfg: dict,
          models: Path) -> None:
-    """Write MODELS/lldiff-default.pt (EMA weights and config) and its card, MODELS/lldiff-default.yaml."""
-    weights = models / f"{DEFAULT_MODEL_NAME}.pt"
-    card_path = models / f"{DEFAULT_MODEL_NAME}.yaml"
+    """Write MODELS/NAME.pt (EMA weights and config) and its card, MODELS/NAME.yaml (NAME: --name).
+
+    The card's ``validation`` holds the figures on every held-out pair; ``evaluation`` lists them
+    per held-out part of the run's split (blocks: new scenes; singles: LOL's own protocol)."""
+    name = args.name
+    weights = models / f"{name}.pt"
+    card_path = models / f"{name}.yaml"
     # Read before it is replaced: a run grown from the shipped weights inherits their stages.
     previous = yaml.safe_load(card_path.read_text()) if card_path.is_file() else {}
     shipped = {"format": payload["format"], "config": asdict(model.config), "state_dict": model.state_dict()}
@@ -334,9 +339,13 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
     stages = training_stages(args.stage or str(args.run), payload, cfg, weights, previous)
     counted = [s.get("steps") for s in stages]
     data = cfg["data"]
-    held_out = len(json.loads((args.run / "split.json").read_text())["val"])
+    split = json.loads((args.run / "split.json").read_text())
+    held_out, singles = len(split["val"]), len(split.get("singles", []))
+    held = f"{held_out - singles} pairs held out in blocks of {data.get('val_block')} consecutive names"
+    if singles:
+        held += f" and {singles} single pairs spread over the numbering"
     card = {
-        "name": DEFAULT_MODEL_NAME,
+        "name": name,
         "weights": weights.name,
         "sha256": sha256_of(weights),
         "size_mb": round(weights.stat().st_size / 2 ** 20, 2),
@@ -348,8 +357,7 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
                     for k in ("steps", "eta", "spacing", "start_noise", "clip", "ensemble", "exposure_spread")},
         "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink},
         "training": {
-            "data": f"{data_description(data)}, {held_out} pairs held out in blocks of "
-                    f"{data.get('val_block')} consecutive names",
+            "data": f"{data_description(data)}, {held}",
             "config": cfg,
             # every stage's steps: the weights' whole training
             "steps": sum(counted) if all(isinstance(n, int) for n in counted) else payload.get("step"),
@@ -362,6 +370,7 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
             "curve": [h for h in payload.get("history", []) if "val_psnr" in h],
         },
         "validation": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
+        "evaluation": evaluation(args.run, model, result["precision"], data_description(data), split),
         "protocol": "lldiff eval protocol (README): 8-bit RGB PSNR, Gaussian SSIM; GT-mean columns separate",
         "notes": args.notes,
         "date": datetime.date.today().isoformat(),
@@ -369,6 +378,25 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
     with atomic_write(card_path) as tmp:
         tmp.write_text(yaml.safe_dump(card, sort_keys=False))
     print(f"wrote {weights} ({card['size_mb']} MB) and its card")
+
+
+def evaluation(run: Path, model: WaveletDiffusion, precision: str, dataset: str, split: dict) -> list[dict]:
+    """The card's evaluation: the model at its shipped settings on each held-out part of the run."""
+    parts = [("blocks", "whole scenes held out in blocks of consecutive names (new scenes, as users' photos)"),
+             ("singles", "single pairs spread over the numbering, their neighbours in training "
+                         "(LOL's own test protocol, as eval15)")]
+    rows = []
+    for part, what in parts:
+        if part == "singles" and not split.get("singles"):
+            continue
+        pairs, _ = run_pairs(run, part=part)
+        if not pairs:
+            continue
+        figures = score(model, pairs, EnhanceSettings(precision=precision))
+        rows.append({"dataset": dataset, "split": part, "held_out": what,
+                     "protocol": "plain and GT-mean (README: lldiff eval)", "precision": precision,
+                     **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}})
+    return rows
 
 
 def training_stages(name: str, payload: dict, cfg: dict, weights: Path, previous: dict) -> list[dict]:

@@ -77,6 +77,8 @@ def test_ship_writes_the_weights_and_a_card_that_describes_them(tmp_path, capsys
     assert card["sha256"] == sha256_of(weights) and card["weights"] == "lldiff-default.pt"
     assert card["sampler"]["steps"] == 1 and card["auto_exposure"]["prior"] == 0.4
     assert card["validation"]["n"] == 1 and card["validation"]["psnr"] > 0
+    assert [(e["split"], e["n"], e["psnr"]) for e in card["evaluation"]] == [
+        ("blocks", 1, card["validation"]["psnr"])]  # no singles in this run's split
     assert card["training"]["data"].startswith("paired folders") and "1 pairs held out" in card["training"]["data"]
     assert card["training"]["stages"] == [{"run": str(run), "steps": None, "init": None, "train_only": None}]
     assert card["notes"] == "a test" and card["training"]["wall_time_hours"] == 0.1
@@ -86,6 +88,20 @@ def test_ship_writes_the_weights_and_a_card_that_describes_them(tmp_path, capsys
     default_model.main(argv + ["--notes", "card only"], models=models)  # the same weights: file kept
     assert weights.stat().st_mtime_ns == before
     assert yaml.safe_load((models / "lldiff-default.yaml").read_text())["notes"] == "card only"
+
+
+def test_ship_names_the_model_and_scores_each_held_out_part(tmp_path, run):
+    (run / "split.json").write_text(json.dumps({"val": ["3", "4"], "singles": ["4"]}))
+    models = tmp_path / "models"
+    default_model.main(["ship", str(run), "--steps", "1", "--ensemble", "1", "--name", "lldiff-lol"], models=models)
+    card = yaml.safe_load((models / "lldiff-lol.yaml").read_text())
+    assert card["name"] == "lldiff-lol" and (models / "lldiff-lol.pt").is_file()
+    assert not (models / "lldiff-default.yaml").exists()
+    assert "1 pairs held out in blocks of 1 consecutive names and 1 single pairs" in card["training"]["data"]
+    parts = {e["split"]: e for e in card["evaluation"]}
+    assert parts.keys() == {"blocks", "singles"} and parts["blocks"]["n"] == parts["singles"]["n"] == 1
+    assert card["validation"]["n"] == 2
+    assert abs((parts["blocks"]["psnr"] + parts["singles"]["psnr"]) / 2 - card["validation"]["psnr"]) < 1e-3
 
 
 def test_ship_keeps_a_weights_file_that_holds_the_same_payload(tmp_path, exposure_aware_model):
