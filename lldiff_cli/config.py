@@ -104,29 +104,29 @@ def to_dict(obj) -> dict:
     return plain(dataclasses.asdict(obj))
 
 
-def load_yaml(path: Path) -> dict:
-    """The mapping a YAML config file holds ({} when empty); any other file is an LldiffError
-    naming it and why."""
+def load_yaml(path: Path, what: str = "config file") -> dict:
+    """The mapping a YAML file holds ({} when empty); any other file is an LldiffError naming it
+    and why. ``what`` names the file's kind in the messages (a config file, a model card)."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except FileNotFoundError:
-        raise LldiffError(f"config file not found: {path}") from None
+        raise LldiffError(f"{what} not found: {path}") from None
     except IsADirectoryError:
-        raise LldiffError(f"{path}: is a folder, not a config file") from None
+        raise LldiffError(f"{path}: is a folder, not a {what}") from None
     except UnicodeDecodeError:
-        raise LldiffError(f"{path}: not a text file (not UTF-8); a config is a YAML file") from None
+        raise LldiffError(f"{path}: not a text file (not UTF-8); a {what} is a YAML file") from None
     except yaml.YAMLError as exc:
         raise LldiffError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     except OSError as exc:
-        raise LldiffError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        raise LldiffError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         kind = {list: "a list", str: "a string", int: "a number", float: "a number",
                 bool: "a boolean"}.get(type(data), type(data).__name__)
-        raise LldiffError(f"{path}: expected a mapping of config keys, got {kind}")
+        raise LldiffError(f"{path}: a {what} is a mapping of keys, got {kind}")
     return data
 
 

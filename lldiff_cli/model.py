@@ -499,22 +499,11 @@ def card_weights(card: Path) -> Path:
     64 hex digits that the file matches. Anything else is one LldiffError naming the card."""
     import re
 
-    import yaml
+    from lldiff_cli.config import load_yaml
 
     card = Path(card)
-    try:
-        record = yaml.safe_load(card.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LldiffError(f"model card not found: {card}") from None
-    except IsADirectoryError:
-        raise LldiffError(f"{card} is a folder, not a model card") from None
-    except UnicodeDecodeError:
-        raise LldiffError(f"{card}: not a model card (not a text file)") from None
-    except OSError as exc:
-        raise LldiffError(f"{card}: cannot read the model card ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise LldiffError(f"{card}: not a valid model card ({' '.join(str(exc).split())})") from None
-    if not isinstance(record, dict) or "weights" not in record:
+    record = load_yaml(card, what="model card")
+    if "weights" not in record:
         raise LldiffError(f"{card}: a model card needs a 'weights' entry naming the checkpoint file")
     name = record["weights"]
     if not isinstance(name, str) or not name.strip():

@@ -99,8 +99,8 @@ def test_unknown_key_in_the_yaml_file(tmp_path):
     (lambda p: p.mkdir(), "is a folder, not a config file"),
     (lambda p: p.write_bytes(bytes(range(256)) * 4), "not a text file (not UTF-8)"),
     (lambda p: p.write_bytes(b"\x00\x01\x02 binary"), "not valid YAML"),
-    (lambda p: p.write_text("- optim\n- data\n"), "expected a mapping of config keys, got a list"),
-    (lambda p: p.write_text("just words\n"), "expected a mapping of config keys, got a string"),
+    (lambda p: p.write_text("- optim\n- data\n"), "a config file is a mapping of keys, got a list"),
+    (lambda p: p.write_text("just words\n"), "a config file is a mapping of keys, got a string"),
 ], ids=["folder", "binary", "binary-ascii", "list", "scalar"])
 def test_a_config_file_of_the_wrong_kind_is_one_line(tmp_path, make, reason):
     path = tmp_path / "config.yaml"

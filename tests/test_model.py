@@ -208,7 +208,7 @@ def test_a_card_must_carry_the_weights_real_sha256(tmp_path, tiny_model, sha):
     (lambda card: card.write_text("weights:\n"), "'weights' must be"),
     (lambda card: card.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary"), "not a text file"),
     (lambda card: card.mkdir(), "is a folder"),
-    (lambda card: card.write_text("- a list\n"), "needs a 'weights' entry"),
+    (lambda card: card.write_text("- a list\n"), "a model card is a mapping of keys, got a list"),
 ])
 def test_a_bad_card_is_one_line_naming_it(tmp_path, write, reason):
     card = tmp_path / "x.yaml"
