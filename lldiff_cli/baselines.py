@@ -11,7 +11,7 @@ spelling:
 ``clahe``      OpenCV CLAHE (clip 2.0, 8x8 tiles) on L of CIE Lab
 ``he``         histogram equalisation of Y in YCrCb (luminance only)
 ``msrcr``      multi-scale Retinex with colour restoration (Jobson et al. 1997)
-``default``    the shipped diffusion model
+``default``    the shipped diffusion model; ``lol`` (any shipped model's short name) likewise
 PATH           a model checkpoint (``.pt``/``.pth``) or its card (``.yaml``)
 =============  ===============================================================
 """
@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from lldiff_cli.errors import LldiffError
+from lldiff_cli.model import MODEL_SUFFIXES, shipped_models
 
 BASELINES = ("identity", "gamma:G", "clahe", "he", "msrcr")
-_MODEL_SUFFIXES = (".pt", ".pth", ".yaml", ".yml")
-
 
 @dataclass
 class Method:
@@ -139,11 +138,12 @@ def make_method(spec: str, device: torch.device | str = "cpu", precision: str = 
         return Method("he", _numpy_method(histogram_equalisation))
     if low == "msrcr":
         return Method("msrcr", _numpy_method(msrcr))
-    if low == "default" or Path(key).suffix.lower() in _MODEL_SUFFIXES:
+    if Path(key).suffix.lower() in MODEL_SUFFIXES or key in shipped_models() or low == "default":
         return _model_method(key, device, precision)
     if low == "gamma":
         raise LldiffError("bad method 'gamma': give the exponent, e.g. gamma:0.25")
-    raise LldiffError(f"unknown method {spec!r}; allowed: default, a checkpoint path "
+    names = ", ".join(sorted(shipped_models())) or "default"
+    raise LldiffError(f"unknown method {spec!r}; allowed: a shipped model ({names}), a checkpoint path "
                       f"(.pt, .pth, .yaml), {', '.join(BASELINES)}")
 
 
@@ -151,7 +151,8 @@ def _model_method(spec: str, device: torch.device | str, precision: str) -> Meth
     """The diffusion model (``lldiff_cli.model.load_model``), run as ``lldiff enhance`` runs it:
     padded or tiled by ``enhance.enhance_image``, the model's own steps, eta and exposure
     estimate, seed 0, so a score is reproducible."""
-    if spec.lower() != "default" and not Path(spec).is_file():
+    shipped = spec in shipped_models() or spec.lower() == "default"
+    if not shipped and not Path(spec).is_file():
         raise LldiffError(f"method {spec!r}: no such checkpoint file")
     from lldiff_cli.device import pick_precision
     from lldiff_cli.enhance import EnhanceSettings, enhance_image, in_precision
@@ -159,8 +160,8 @@ def _model_method(spec: str, device: torch.device | str, precision: str) -> Meth
 
     device = torch.device(device)
     precision = pick_precision(precision, device)
-    path = None if spec.lower() == "default" else Path(spec)
-    net = in_precision(load_model(path, map_location=device).to(device), precision)
+    source = None if spec.lower() == "default" else spec if shipped else Path(spec)
+    net = in_precision(load_model(source, map_location=device).to(device), precision)
     settings = EnhanceSettings(precision=precision)
-    name = "default" if path is None else path.stem
+    name = spec.lower() if shipped else Path(spec).stem
     return Method(name, lambda low: enhance_image(net, low, settings, device))

@@ -221,7 +221,7 @@ app.command("synthesize-dark", short_help="Alias of darken.")(darken)
 def enhance(
     in_dir: Annotated[Path, typer.Argument(help="Folder of dark images, or one image file.")],
     out_dir: Annotated[Path, typer.Argument(help="Where the enhanced images go (same relative names).")],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model card (.yaml) or checkpoint (.pt); default: the shipped model.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="A shipped model's name (default; lol: tuned for the LOL benchmark), a model card (.yaml) or a checkpoint (.pt); default: the default model.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the model's).", min=1)] = None,
     eta: Annotated[Optional[float], typer.Option(help="DDIM eta: 0 deterministic, 1 DDPM-like (default: the model's).", min=0.0)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampling noise; the same seed gives the same output.")] = 0,
@@ -299,7 +299,7 @@ def eval_command(
     split: Annotated[Optional[str], typer.Option("--split", help="With --dataset: train or test (default test).")] = None,
     low: Annotated[Optional[Path], typer.Option("--low", help="Folder of low-light images (instead of --dataset); alone: no-reference metrics only.")] = None,
     high: Annotated[Optional[Path], typer.Option("--high", help="Folder of ground truth for --low, matched by name.")] = None,
-    methods: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Repeatable: default (the shipped model), a model card (.yaml) or checkpoint (.pt), identity, gamma:G, clahe, he, msrcr. Without it: default and identity.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Repeatable: default or lol (the shipped models), a model card (.yaml) or checkpoint (.pt), identity, gamma:G, clahe, he, msrcr. Without it: default and identity.")] = None,
     metric_names: Annotated[Optional[list[str]], typer.Option("--metric", help="Repeatable: only these of psnr, ssim, psnr_gtmean, ssim_gtmean, lpips, loe, niqe; default all that apply.")] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores to this CSV file.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the protocol and the means to this JSON file.")] = None,

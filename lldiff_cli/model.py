@@ -473,14 +473,35 @@ def model_dirs() -> list[Path]:
     return [Path(__file__).resolve().parent.parent / "models", Path(sys.prefix) / "share" / "lldiff" / "models"]
 
 
-def find_default_model() -> Path:
+MODEL_SUFFIXES = (".pt", ".pth", ".yaml", ".yml")  # a --model value with one of these is a file
+
+
+def shipped_models() -> dict[str, Path]:
+    """The installed models by short name ("default", "lol", ...): the cards lldiff-NAME.yaml
+    in :func:`model_dirs`, the first folder that has a name winning."""
+    found: dict[str, Path] = {}
     for d in model_dirs():
-        card = d / f"{DEFAULT_MODEL_NAME}.yaml"
-        if card.is_file():
-            return card
+        for card in sorted(d.glob("lldiff-*.yaml")) if d.is_dir() else []:
+            found.setdefault(card.stem[len("lldiff-"):], card)
+    return found
+
+
+def resolve_model(spec: str | Path | None = None) -> Path:
+    """The file a --model value names: None is the default model; a value with no model-file
+    suffix that is not a file is a shipped model's short name (``lol`` -> models/lldiff-lol.yaml);
+    anything else is a path, returned as it is."""
+    name = "default" if spec is None else str(spec)
+    if spec is not None and (Path(name).suffix.lower() in MODEL_SUFFIXES or Path(name).is_file()):
+        return Path(spec)
+    shipped = shipped_models()
+    if name in shipped:
+        return shipped[name]
     searched = ", ".join(str(d) for d in model_dirs())
-    raise LldiffError(f"no default model is installed (looked for {DEFAULT_MODEL_NAME}.yaml in {searched}); "
-                      "pass --model CARD.yaml or CHECKPOINT.pt")
+    if spec is None:
+        raise LldiffError(f"no default model is installed (looked for {DEFAULT_MODEL_NAME}.yaml in {searched}); "
+                          "pass --model CARD.yaml or CHECKPOINT.pt")
+    raise LldiffError(f"no model named {name!r}: the shipped models are {', '.join(sorted(shipped)) or 'none'} "
+                      f"(in {searched}); or give a card (.yaml) or checkpoint (.pt) file")
 
 
 def sha256_of(path: Path) -> str:
@@ -524,13 +545,14 @@ def card_weights(card: Path) -> Path:
     return weights
 
 
-def load_model(path: Optional[Path] = None, map_location="cpu") -> WaveletDiffusion:
-    """Load a model from a card (.yaml naming its weights) or a checkpoint (.pt); None: the default.
+def load_model(path: Optional[Path | str] = None, map_location="cpu") -> WaveletDiffusion:
+    """Load a model from a card (.yaml naming its weights), a checkpoint (.pt) or a shipped
+    model's short name (:func:`resolve_model`); None: the default.
 
     A card's sha256 is always checked against the weights (see :func:`card_weights`), so a
     truncated download or a replaced file is a clear error.
     """
-    path = Path(path) if path is not None else find_default_model()
+    path = resolve_model(path)
     if path.suffix.lower() in (".yaml", ".yml"):
         path = card_weights(path)
     return model_from_checkpoint(load_checkpoint(path, map_location), source=str(path))

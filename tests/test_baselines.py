@@ -42,7 +42,7 @@ def test_histogram_equalisation_spreads_luminance():
 
 
 def test_unknown_and_bad_specs_list_what_is_allowed():
-    with pytest.raises(LldiffError, match="allowed: default, a checkpoint path.*identity, gamma:G, clahe, he, msrcr"):
+    with pytest.raises(LldiffError, match=r"allowed: a shipped model \(default.*\), a checkpoint path.*identity, gamma:G, clahe, he, msrcr"):
         B.make_method("retinexformer")
     for bad in ("gamma:abc", "gamma:-1", "gamma:0", "gamma"):
         with pytest.raises(LldiffError, match="gamma:0.25"):

@@ -307,3 +307,38 @@ def test_eval_report_lines_are_not_wrapped_when_not_a_terminal(tmp_path, monkeyp
     r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "identity", *FAST, "--csv", csv_path, "-q")
     assert r.exit_code == 0, r.output
     assert f"per-image scores: {csv_path}" in r.stderr.splitlines()
+
+
+def test_a_shipped_model_is_named_by_its_short_name(tmp_path, monkeypatch):
+    import torch
+
+    from lldiff_cli.errors import LldiffError
+    from lldiff_cli.model import WaveletDiffusion, resolve_model, save_checkpoint, sha256_of
+    from tests.conftest import tiny_config
+
+    models = tmp_path / "models"
+    for seed, name in ((0, "default"), (1, "lol")):
+        torch.manual_seed(seed)
+        save_checkpoint(WaveletDiffusion(tiny_config()), models / f"lldiff-{name}.pt")
+        digest = sha256_of(models / f"lldiff-{name}.pt")
+        (models / f"lldiff-{name}.yaml").write_text(f"weights: lldiff-{name}.pt\nsha256: {digest}\n")
+    monkeypatch.setenv("LLDIFF_MODELS", str(models))
+    assert resolve_model("lol") == models / "lldiff-lol.yaml" and resolve_model(None) == models / "lldiff-default.yaml"
+    assert resolve_model("mine.pt") == Path("mine.pt")  # a file name is a path, found or not
+    with pytest.raises(LldiffError, match="no model named 'nope': the shipped models are default, lol"):
+        resolve_model("nope")
+    root = lol_tree(tmp_path / "data", bad=False)
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "lol", "-m", "default", "--json",
+               tmp_path / "r.json", "-q", *FAST)
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = {row["method"]: row for row in report["results"]}
+    assert set(rows) == {"lol", "default"} and rows["lol"]["psnr"] != rows["default"]["psnr"]  # other weights
+    r = lldiff("eval", "--dataset", "LOL", "--data-root", root, "-m", "nope", "-q", *FAST)
+    assert r.exit_code != 0 and "unknown method 'nope'; allowed: a shipped model (default, lol)" in r.output
+    low = root / "LOL" / "eval15" / "low"
+    for name in ("lol", "default"):
+        r = lldiff("enhance", low, tmp_path / name, "--model", name, "--steps", "1", "--ensemble", "1", "-q")
+        assert r.exit_code == 0, r.output
+    first = sorted((tmp_path / "lol").iterdir())[0]
+    assert first.read_bytes() != (tmp_path / "default" / first.name).read_bytes()
