@@ -540,7 +540,7 @@ def train(
                 log_file.close()
         if is_main:
             best = (f"best validation PSNR {result['best_psnr']:.2f} dB" if result["best_psnr"] >= 0
-                    else "no validation (no held-out images)")
+                    else "not validated yet" if data.val_pairs else "no validation (no held-out images)")
             console.print(f"{'interrupted' if stop['now'] else 'stopped'} at step {result['step']}; {best}; "
                           f"checkpoints, curve.png and log.jsonl in {escape(str(out_dir))}", highlight=False, soft_wrap=True)
         if stop["now"]:

@@ -225,6 +225,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="auto (as lldiff enhance: bfloat16 on a CPU that has it), float32 or bfloat16")
     parser.add_argument("--notes", default="", help="ship: free text for the card (what was tried)")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="ship: the model's name (MODELS/NAME.pt, NAME.yaml)")
+    parser.add_argument("--license", default="MIT (as lldiff); trained on LOL (Wei et al. 2018), a research dataset",
+                        help="ship: the weights' licence, for the card")
+    parser.add_argument("--intended-use", default="", help="ship: what the model is for (default: the previous card's)")
+    parser.add_argument("--limitations", default="", help="ship: where it fails (default: the previous card's)")
     parser.add_argument("--wall-hours", type=float, default=None,
                         help="ship: training wall time in hours, all stages (the log does not record pauses)")
     parser.add_argument("--stage", default=None, help="ship: this run's entry in the card's stages (default: its folder)")
@@ -350,6 +354,9 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
         "sha256": sha256_of(weights),
         "size_mb": round(weights.stat().st_size / 2 ** 20, 2),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "license": args.license,
+        "intended_use": args.intended_use or previous.get("intended_use", ""),
+        "limitations": args.limitations or previous.get("limitations", ""),
         "architecture": {k: v for k, v in asdict(model.config).items()
                          if k in ("levels", "unet", "hfrm", "anchor", "refiner", "prediction")},
         "schedule": model.config.schedule,
@@ -358,7 +365,7 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
         "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink},
         "training": {
             "data": f"{data_description(data)}, {held}",
-            "config": cfg,
+            "config": f"{args.run.name}/config.yaml (models/train-state/{args.run.name} when kept)",
             # every stage's steps: the weights' whole training
             "steps": sum(counted) if all(isinstance(n, int) for n in counted) else payload.get("step"),
             "stages": stages,

@@ -174,6 +174,8 @@ def test_ctrl_c_saves_last_pt_and_resume_continues(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted at step" in err and "--resume" in err
+    assert json.loads((run / "split.json").read_text())["val"]  # held-out photos, not yet scored:
+    assert "not validated yet" in err and "no held-out images" not in err
     step = load_checkpoint(run / "last.pt")["step"]
     assert step >= 2
     more = lldiff("train", "-c", run / "config.yaml", f"optim.max_steps={step + 1}", "--resume", "--quiet")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image as PILImage
 from typer.testing import CliRunner
@@ -16,8 +17,9 @@ from conftest import pil_open
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
-def test_card_describes_the_weights():
-    card = yaml.safe_load((MODELS / f"{DEFAULT_MODEL_NAME}.yaml").read_text())
+@pytest.mark.parametrize("name", sorted(card.stem for card in MODELS.glob("lldiff-*.yaml")))
+def test_card_describes_the_weights(name):
+    card = yaml.safe_load((MODELS / f"{name}.yaml").read_text())
     weights = MODELS / card["weights"]
     assert weights.stat().st_size < 20 * 2 ** 20
     for key in ("sha256", "architecture", "schedule", "sampler", "training", "validation", "parameters"):
@@ -25,7 +27,7 @@ def test_card_describes_the_weights():
     assert {"psnr", "ssim", "n"} <= card["validation"].keys()
     for key in ("data", "config", "steps", "hardware", "wall_time_hours"):
         assert card["training"].get(key) is not None, key
-    model = load_model()  # checks the sha256 and loads strictly
+    model = load_model(MODELS / f"{name}.yaml")  # checks the sha256 and loads strictly
     assert sum(p.numel() for p in model.parameters()) == card["parameters"]
     for key, value in card["sampler"].items():  # the card's settings are the ones enhance uses
         assert getattr(model.config, key) == value, key
