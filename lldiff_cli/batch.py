@@ -9,11 +9,13 @@ resumes an interrupted batch), records each failure with its reason and goes on.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable, Iterable
 
 from lldiff_cli.errors import LldiffError
@@ -78,6 +80,44 @@ def command_inputs(in_path: Path, out_dir: Path, recursive: bool = False) -> tup
             raise LldiffError(f"{in_path} is not an image file; allowed extensions: {', '.join(IMAGE_EXTENSIONS)}")
         return in_path.parent, [Path(in_path.name)]
     return in_path, list_inputs(in_path, out_dir, recursive)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` (1 to ``count``) of a batch split over ``count`` processes or machines (a job
+    array): the inputs whose relative path hashes to it. The parts together take every input once.
+
+    The split is stable: an input's part depends on its own relative path alone (blake2b of the
+    POSIX form, the same on every platform, version and run, unlike Python's salted ``hash``), so
+    files added to the folder, or a task that lists it later, move no other input to another part.
+    It balances counts, and pixels only on average: weighing each image by its size would mean
+    reading every header in every task, and a size-aware packing would move files as others come.
+    The parts' pixel totals draw closer as they grow: their spread falls as 1 / sqrt(images per part).
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str, option: str = "--shard") -> "Shard":
+        """``"I/N"`` -> Shard(I, N); LldiffError for anything else (``0/2``, ``3/2``, ``a/b``, ``1/0``)."""
+        found = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)
+        index, count = (int(n) for n in found.groups()) if found else (0, 0)
+        if not 1 <= index <= count:
+            raise LldiffError(f"{option} takes I/N, this task's part I (1 to N) of N parts, e.g. 1/8; got {text!r}")
+        return cls(index, count)
+
+    def takes(self, rel: Path) -> bool:
+        """Whether the input ``rel`` (relative to the input folder) is this part's."""
+        digest = hashlib.blake2b(PurePath(rel).as_posix().encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index - 1
+
+    def select(self, rels: Iterable[Path]) -> list[Path]:
+        """The inputs of ``rels`` that are this part's, in their order."""
+        return [rel for rel in rels if self.takes(rel)]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 def refuse_shared_outputs(rels: list[Path], target: Callable[[Path], Path]) -> None:

@@ -233,6 +233,7 @@ def enhance(
     # 64 = tiling.DEFAULT_OVERLAP, written out: importing tiling would load torch for --help (tested).
     overlap: Annotated[int, typer.Option(help="Overlap of neighbouring tiles in pixels; seams are blended over it.", min=0)] = 64,
     precision: Annotated[str, typer.Option(help="auto (bfloat16 on a CPU that has it in hardware, 1.5x faster, same scores; else float32), float32, bfloat16, or float16 (CUDA only; faster, less memory).")] = "auto",
+    shard: Annotated[Optional[str], typer.Option("--shard", metavar="I/N", help="Enhance only part I (1 to N) of N: run N of these, on one machine or a job array's tasks, into the same OUT_DIR, and each image is enhanced by exactly one. An image's part depends only on its relative path.")] = None,
     recursive: RecursiveOpt = False,
     fmt: FormatOpt = None,
     overwrite: OverwriteOpt = False,
@@ -241,12 +242,14 @@ def enhance(
     """Enhance every image in IN_DIR with a diffusion model; write them to OUT_DIR."""
     with user_errors():
         from lldiff_cli.device import pick_device, pick_precision
-        from lldiff_cli.batch import command_inputs, prepare_output_dir, refuse_shared_outputs, unsupported_inputs
+        from lldiff_cli.batch import (Shard, command_inputs, prepare_output_dir, refuse_shared_outputs,
+                                      unsupported_inputs)
         from lldiff_cli.enhance import EnhanceSettings, check_settings, enhance_folder, in_precision
         from lldiff_cli.errors import LldiffError
         from lldiff_cli.images import check_format, output_path
         from lldiff_cli.model import check_ensemble, load_model
 
+        part = Shard.parse(shard) if shard is not None else None
         target = None
         if exposure != "auto":
             try:
@@ -264,7 +267,12 @@ def enhance(
         in_dir, files = command_inputs(in_dir, out_dir, recursive)
         if not files:
             _say_no_images(in_dir, recursive)
+        # Over all the inputs, not this shard's: two parts would otherwise write one file in turn.
         refuse_shared_outputs(files, lambda rel: output_path(out_dir, rel, fmt))
+        what = f"enhanced into {out_dir}"
+        if part is not None:
+            every, files, left_out = files, part.select(files), part.select(left_out)
+            what += f" (shard {part}: {len(files)} of {len(every)} images)"
         try:
             net = in_precision(load_model(model, map_location=dev).to(dev), precision)
             settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap,
@@ -276,7 +284,7 @@ def enhance(
                                         fmt=fmt, overwrite=overwrite, on_item=on_item, files=files)
         except KeyboardInterrupt:
             fail("interrupted; finished images are kept: run the same command again to resume", code=130)
-    report_batch(report, f"enhanced into {out_dir}", left_out)
+    report_batch(report, what, left_out)
 
 
 # --- eval ---------------------------------------------------------------------

@@ -295,3 +295,108 @@ def test_summary_lines_are_not_wrapped_when_not_a_terminal(tmp_path, checkpoint,
     assert result.exit_code == 1
     summary = f"enhanced into {out}: 2 done, 0 skipped, 1 failed"
     assert any(line.startswith(summary) for line in result.output.splitlines()), result.output
+
+
+@pytest.fixture
+def nine_images(tmp_path) -> Path:
+    """Nine small dark images of different sizes, three to a folder: the root, sub/ and sub/deeper/."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "many"
+    for i, folder in enumerate([root, root / "sub", root / "sub" / "deeper"] * 3):
+        folder.mkdir(parents=True, exist_ok=True)
+        size = (8 + i, 12 + 2 * i, 3)
+        PILImage.fromarray(rng.integers(0, 60, size, dtype=np.uint8)).save(folder / f"img{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def _written(monkeypatch) -> list[Path]:
+    """The paths enhance writes from now on, in order (a path twice: written twice)."""
+    import lldiff_cli.enhance
+
+    paths, write = [], lldiff_cli.enhance.write_like
+    monkeypatch.setattr(lldiff_cli.enhance, "write_like",
+                        lambda path, *args: (paths.append(Path(path)), write(path, *args))[1])
+    return paths
+
+
+def _shard_summary(output: str, part: str) -> tuple[int, int, int, int]:
+    """(images taken, of all, done, skipped) from a --shard run's summary line."""
+    import re
+
+    text = output.replace("\n", " ")
+    found = re.search(rf"shard {part}: (\d+) of (\d+) images\): (\d+) done, (\d+) skipped", text)
+    assert found, output
+    return tuple(int(n) for n in found.groups())
+
+
+def test_enhance_shards_together_write_each_image_once_as_one_run_does(tmp_path, checkpoint, nine_images,
+                                                                        monkeypatch):
+    args = ["--model", checkpoint, "--recursive", "--quiet", "--seed", "7", "--eta", "1"]  # eta 1: the seed matters
+    written = _written(monkeypatch)
+    assert lldiff("enhance", nine_images, tmp_path / "whole", *args).exit_code == 0
+    whole = sorted(p.relative_to(tmp_path / "whole") for p in written)
+    assert len(whole) == 9
+    written.clear()
+    taken = []
+    for part in ("1/2", "2/2"):  # both into one folder, as a job array's tasks do
+        result = lldiff("enhance", nine_images, tmp_path / "sharded", *args, "--shard", part)
+        assert result.exit_code == 0, result.output
+        count, total, done, skipped = _shard_summary(result.output, part)
+        assert total == 9 and done == count and skipped == 0  # the other shard's outputs are not its own
+        taken.append(count)
+    assert sum(taken) == 9 and 0 not in taken
+    assert sorted(p.relative_to(tmp_path / "sharded") for p in written) == whole  # each image written once
+    for rel in whole:  # each image is enhanced on its own with the same seed: the same pixels
+        assert torch.equal(read_image(tmp_path / "sharded" / rel).rgb, read_image(tmp_path / "whole" / rel).rgb), rel
+
+    # A file added later (a bad one) goes to one shard; the others stay where they were: skipped.
+    (nine_images / "sub" / "late.jpg").write_text("not a jpeg")
+    written.clear()
+    failed = []
+    for part, count in zip(("1/2", "2/2"), taken):
+        result = lldiff("enhance", nine_images, tmp_path / "sharded", *args, "--shard", part)
+        got, total, done, skipped = _shard_summary(result.output, part)
+        assert total == 10 and done == 0 and skipped == count and got - count in (0, 1)
+        assert result.exit_code == got - count, result.output  # 1: the shard that took the bad file
+        failed.append(result.output.count("late.jpg"))
+    assert failed in ([1, 0], [0, 1]) and written == []
+
+
+def test_the_shard_split_is_stable_covers_each_input_once_and_is_balanced():
+    from lldiff_cli.batch import Shard
+
+    names = [Path(f"day{d}") / f"IMG_{i:04d}.jpg" for d in range(10) for i in range(100)]
+    for count in (1, 2, 3, 8):
+        parts = [Shard(i, count) for i in range(1, count + 1)]
+        chosen = {str(part): part.select(names) for part in parts}
+        assert sorted(n for rels in chosen.values() for n in rels) == sorted(names)  # each once
+        assert all(len(rels) > 0.8 * len(names) / count for rels in chosen.values())
+        more = names + [Path("day3") / "IMG_0050b.jpg", Path("new") / "a.png"]  # new files in the folder
+        assert all(set(part.select(more)) >= set(chosen[str(part)]) for part in parts)
+    # The split is a hash of the POSIX relative path, fixed across versions and platforms: a job
+    # array whose tasks ran different lldiff versions, or on Windows, still covers each image once.
+    from pathlib import PureWindowsPath
+
+    names = ("a.png", "b.png", "sub/c.jpg", "IMG_0001.HEIC", "IMG_0002.HEIC", "2024/07/01/DSC_1234.tif", "été/nuit.jpg")
+    assert [next(i for i in range(1, 9) if Shard(i, 8).takes(Path(name))) for name in names] == [7, 2, 7, 3, 4, 7, 4]
+    assert Shard(4, 8).takes(PureWindowsPath(r"été\nuit.jpg"))
+
+
+def test_enhance_shards_refuse_two_inputs_that_would_share_an_output_whatever_their_parts(tmp_path, checkpoint,
+                                                                                            dark_folder):
+    """a.png and a.jpg may fall in different parts: each part alone would see no clash."""
+    PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(dark_folder / "a.jpg")
+    for part in ("1/2", "2/2", "1/3", "2/3", "3/3"):
+        result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--format", "png",
+                        "--shard", part)
+        assert result.exit_code == 2 and "would both be written to" in result.output.replace("\n", ""), part
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["0/2", "3/2", "a/b", "1/0", "1", "-1/2", "1/2/3", "1_0/20", ""])
+def test_enhance_bad_shard_is_one_line_before_any_work(tmp_path, checkpoint, dark_folder, value):
+    result = lldiff("enhance", dark_folder, tmp_path / "o", "--model", checkpoint, "--shard", value)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: --shard takes I/N") and repr(value) in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "o").exists()
