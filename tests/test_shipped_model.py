@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,40 @@ def test_card_describes_the_weights(name):
     for key, value in card["sampler"].items():  # the card's settings are the ones enhance uses
         assert getattr(model.config, key) == value, key
     assert card["auto_exposure"] == {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink}
+
+
+# An absolute path is the training machine's, not the reader's: a value that is one, or a
+# word in a sentence that starts like one ("photos: /work/scratch/...").
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s(=:'\"])/[A-Za-z_.~]|/tmp/|/work/")
+
+
+def card_strings(value):
+    """Every string in a card, keys included, however deep."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from card_strings(key)
+            yield from card_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from card_strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.mark.parametrize("name", sorted(card.stem for card in MODELS.glob("lldiff-*.yaml")))
+def test_card_reads_as_a_model_card(name):
+    """A card a user reads (as on a model hub): short, licensed, with its limits and its figures
+    named by dataset and split, and no path of the machine it was trained on."""
+    text = (MODELS / f"{name}.yaml").read_text()
+    assert len(text.splitlines()) <= 150, "the training history belongs in docs/, not the card"
+    card = yaml.safe_load(text)
+    for key in ("license", "intended_use", "limitations", "evaluation"):
+        assert card.get(key), key
+    assert isinstance(card["evaluation"], list) and card["evaluation"]
+    for entry in card["evaluation"]:
+        assert entry.get("dataset") and entry.get("split"), entry
+        assert {"psnr", "ssim", "n"} <= entry.keys(), entry
+    assert not [s for s in card_strings(card) if ABSOLUTE_PATH.search(s)]
 
 
 def test_default_model_brightens_a_dark_photo_from_the_cli(tmp_path, monkeypatch):
