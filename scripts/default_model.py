@@ -330,6 +330,7 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
     The card's ``validation`` holds the figures on every held-out pair; ``evaluation`` lists them
     per held-out part of the run's split (blocks: new scenes; singles: LOL's own protocol)."""
     name = args.name
+    short = name.removeprefix("lldiff-")  # --model's name for it (model.resolve_model)
     weights = models / f"{name}.pt"
     card_path = models / f"{name}.yaml"
     # Read before it is replaced: a run grown from the shipped weights inherits their stages.
@@ -357,6 +358,8 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
         "license": args.license,
         "intended_use": args.intended_use or previous.get("intended_use", ""),
         "limitations": args.limitations or previous.get("limitations", ""),
+        "usage": previous.get("usage") or [f"lldiff enhance IN_DIR OUT_DIR --model {short}",
+                                           f"lldiff eval --dataset LOL -m {short}"],
         "architecture": {k: v for k, v in asdict(model.config).items()
                          if k in ("levels", "unet", "hfrm", "anchor", "refiner", "prediction")},
         "schedule": model.config.schedule,
@@ -383,7 +386,8 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
         "date": datetime.date.today().isoformat(),
     }
     with atomic_write(card_path) as tmp:
-        tmp.write_text(yaml.safe_dump(card, sort_keys=False))
+        # Short lists and mappings on one line each (flow style for leaf collections): a card to read.
+        tmp.write_text(yaml.safe_dump(card, sort_keys=False, default_flow_style=None, width=100))
     print(f"wrote {weights} ({card['size_mb']} MB) and its card")
 
 

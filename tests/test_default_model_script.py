@@ -96,6 +96,8 @@ def test_ship_names_the_model_and_scores_each_held_out_part(tmp_path, run):
     default_model.main(["ship", str(run), "--steps", "1", "--ensemble", "1", "--name", "lldiff-lol"], models=models)
     card = yaml.safe_load((models / "lldiff-lol.yaml").read_text())
     assert card["name"] == "lldiff-lol" and (models / "lldiff-lol.pt").is_file()
+    assert card["usage"][0] == "lldiff enhance IN_DIR OUT_DIR --model lol"
+    assert len((models / "lldiff-lol.yaml").read_text().splitlines()) <= 100  # a card, not a lab notebook
     assert not (models / "lldiff-default.yaml").exists()
     assert "1 pairs held out in blocks of 1 consecutive names and 1 single pairs" in card["training"]["data"]
     parts = {e["split"]: e for e in card["evaluation"]}
