@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from lldiff_cli.calibrate import fit_exposure
-from lldiff_cli.data import layout_dirs, paired_folders, run_split
+from lldiff_cli.data import run_pairs
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
 from lldiff_cli.metrics import psnr
@@ -42,10 +41,7 @@ def low_band(image: torch.Tensor, levels: int = 2) -> torch.Tensor:
 
 def load_part(run: Path, part: str | None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, low, high) of the run's training pairs (part None) or of one held-out part."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text())["data"]
-    low_dir, high_dir = layout_dirs(cfg["layout"], Path(cfg["root"]), cfg.get("split", "train"))
-    pairs = paired_folders(low_dir, high_dir).pairs
-    chosen = run_split(pairs, run, held_out=False) if part is None else run_split(pairs, run, part=part)
+    chosen = run_pairs(run, held_out=False) if part is None else run_pairs(run, part=part)
     return [(p.name, read_image(p.low).rgb, read_image(p.high).rgb) for p in chosen]
 
 
@@ -70,6 +66,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seeds", type=int, default=1, help="estimators fitted from this many initialisations, "
+                                                            "their log estimates averaged")
     args = parser.parse_args()
     if not (args.run / "split.json").is_file():
         raise LldiffError(f"{args.run} is not a training run folder (no split.json)")
@@ -84,15 +82,22 @@ def main() -> None:
              **{part: scores(torch.full((len(items),), prior), items) for part, items in held.items()}}]
     for grid in grids:
         for jitter in jitters:
-            torch.manual_seed(0)
-            net = ExposureNet(width=args.width, grid=grid)
             start = time.perf_counter()
-            fit_exposure(net, [band[n] for n, _, _ in train], targets, iterations=args.iterations, jitter=jitter,
-                         lr=args.lr)
-            with torch.no_grad():
-                est = {part: torch.cat([net(band[n]) for n, _, _ in items]) for part, items in held.items()}
-                fit = torch.cat([net(band[n]) for n, _, _ in train])
-            rows.append({"estimator": f"grid {grid} jitter {jitter}", "seconds": round(time.perf_counter() - start),
+            nets = []
+            for seed in range(args.seeds):
+                torch.manual_seed(seed)
+                nets.append(ExposureNet(width=args.width, grid=grid))
+                fit_exposure(nets[-1], [band[n] for n, _, _ in train], targets, iterations=args.iterations,
+                             jitter=jitter, lr=args.lr, seed=seed)
+
+            def estimate(items):
+                with torch.no_grad():
+                    logs = [torch.cat([net(band[n]) for n, _, _ in items]).log() for net in nets]
+                return torch.stack(logs).mean(0).exp()
+
+            est = {part: estimate(items) for part, items in held.items()}
+            fit = estimate(train)
+            rows.append({"estimator": f"grid {grid} jitter {jitter} x{args.seeds}", "seconds": round(time.perf_counter() - start),
                          "train": scores(fit, train),
                          **{part: scores(est[part], items) for part, items in held.items()}})
     for row in rows:

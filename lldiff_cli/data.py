@@ -276,3 +276,18 @@ def run_split(pairs: list[Pair], run: Path, held_out: bool = True, part: str = "
     if held_out:
         return [p for p in pairs if p.name in names]
     return [p for p in pairs if p.name not in val]
+
+
+def run_pairs(run: Path, held_out: bool = True, part: str = "val") -> list[Pair]:
+    """The pairs a training run held out (``part`` of them, see :func:`run_split`) or trained on,
+    from the data its config.yaml names (a layout under its root, or paired folders), as
+    ``lldiff train`` read them."""
+    from lldiff_cli.config import load_yaml
+
+    data = load_yaml(Path(run) / "config.yaml").get("data") or {}
+    if str(data.get("layout", "")).lower() == "paired":
+        low_dir, high_dir = Path(data["low"]), Path(data["high"])
+    else:
+        low_dir, high_dir = layout_dirs(data.get("layout", "LOL"), Path(data.get("root", "data")),
+                                        data.get("split", "train"))
+    return run_split(paired_folders(low_dir, high_dir).pairs, run, held_out, part)

@@ -51,7 +51,8 @@ import yaml
 from lldiff_cli import metrics as M
 from lldiff_cli.calibrate import fit_exposure
 from lldiff_cli.atomic import atomic_write
-from lldiff_cli.data import layout_dirs, paired_folders, run_split
+from lldiff_cli.data import layout_dirs
+from lldiff_cli.data import run_pairs as data_run_pairs
 from lldiff_cli.device import pick_precision
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.errors import LldiffError, run_script
@@ -69,12 +70,7 @@ def run_pairs(run: Path, held_out: bool = True, every: int = 1, limit: int = 0,
     ``every``-th, the first ``limit`` of those (0: all); only those are read. ``part``: all the
     held-out pairs ("val"), or those held out in blocks ("blocks") or as singles ("singles")."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    data = cfg["data"]
-    if data["layout"].lower() == "paired":  # as training reads it (train.load_training_data)
-        low_dir, high_dir = Path(data["low"]), Path(data["high"])
-    else:
-        low_dir, high_dir = layout_dirs(data["layout"], Path(data["root"]), data.get("split", "train"))
-    pairs = run_split(paired_folders(low_dir, high_dir).pairs, run, held_out, part)[::every][: limit or None]
+    pairs = data_run_pairs(run, held_out, part)[::every][: limit or None]
     loaded = [(p.name, read_image(p.low).rgb, read_image(p.high).rgb) for p in pairs]
     return loaded, cfg
 

@@ -1,0 +1,45 @@
+"""benchmarks/brightness.py: estimators fitted on a run's training pairs, scored per held-out part."""
+
+import json
+import sys
+
+import numpy as np
+import torch
+import yaml
+from conftest import load_script
+from PIL import Image
+
+brightness = load_script("benchmarks/brightness.py")
+
+
+def test_scores_are_the_log_error_and_the_rescaled_ground_truths_psnr():
+    high = torch.full((1, 3, 8, 8), 0.5)
+    high[..., :4] = 0.2  # mean 0.35
+    items = [("a", None, high)]
+    exact = brightness.scores(torch.tensor([0.35]), items)
+    assert exact == {"log_error": 0.0, "psnr_bound": brightness.PSNR_CAP}  # capped, not inf
+    double = brightness.scores(torch.tensor([0.7]), items)
+    assert abs(double["log_error"] - float(np.log(2))) < 1e-3 and double["psnr_bound"] < 20
+
+
+def test_the_benchmark_reports_the_prior_and_each_estimator_on_both_parts(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    names = [str(i) for i in range(1, 13)]
+    for name in names:
+        high = rng.integers(40, 256, (32, 32, 3), dtype=np.uint8)
+        for folder, image in (("low", high // 10), ("high", high)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.fromarray(image).save(tmp_path / folder / f"{name}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"layout": "paired", "low": str(tmp_path / "low"), "high": str(tmp_path / "high")}}))
+    (run / "split.json").write_text(json.dumps({"val": ["11", "12", "3", "7"], "singles": ["3", "7"]}))
+    monkeypatch.setattr(sys, "argv", ["brightness.py", str(run), "--grids", "none,2x2", "--jitter", "0.1",
+                                      "--iterations", "3", "--width", "4", "--seeds", "2"])
+    brightness.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["estimator"].split()[0] for r in rows] == ["constant", "grid", "grid"]
+    for row in rows:
+        assert row["singles"]["log_error"] >= 0 and row["blocks"]["log_error"] >= 0
+    assert "x2" in rows[1]["estimator"] and rows[1]["train"]["log_error"] >= 0
