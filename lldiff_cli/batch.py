@@ -14,9 +14,11 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path, PurePath
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import IMAGE_EXTENSIONS, Image, is_image_file, list_files, read_image
@@ -116,8 +118,59 @@ class Shard:
         """The inputs of ``rels`` that are this part's, in their order."""
         return [rel for rel in rels if self.takes(rel)]
 
+    def for_rank(self, rank: int, world: int) -> "Shard":
+        """Process ``rank``'s (0 to ``world`` - 1) share of this part, split between ``world``
+        processes (torchrun's): part I + N * rank of N * world. The shares together take exactly
+        this part's inputs, whatever ``world`` is (an input's hash h is in part I of N when
+        h mod N = I - 1, and h mod N*W = (h mod N) + N * ((h // N) mod W)); so a job array's task
+        takes the same images on a machine with 4 GPUs as on one with 8, or in one process."""
+        if not 0 <= rank < world:
+            raise LldiffError(f"rank {rank} is not one of 0 to {world - 1} (RANK and WORLD_SIZE)")
+        return Shard(self.index + self.count * rank, self.count * world)
+
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+# How long a process that has done its share waits for the others: the time the slowest share
+# takes beyond the fastest (more images, bigger ones, a slower GPU). A dead process ends it at once.
+RANKS_WAIT = timedelta(days=7)
+
+
+@contextmanager
+def ranks_together(world: int) -> Iterator[Callable[[], None]]:
+    """For a batch split between ``world`` processes (torchrun's, each taking its own
+    :meth:`Shard.for_rank`): join a gloo process group for the block and yield ``finish()``,
+    which returns once every process has called it. With one process nothing is joined.
+
+    The split needs no messages, but the processes must end together: torchrun stops all of them
+    (SIGTERM) as soon as one exits non-zero, so a process whose share held one unreadable file
+    (exit 1) would stop the others in the middle of theirs. A process that dies instead ends the
+    others' wait at once (gloo sees its connection close; torchrun also stops them): none hangs.
+    gloo on any device: these are CPU messages, no GPU collective.
+    """
+    if world == 1:
+        yield lambda: None
+        return
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group("gloo", timeout=RANKS_WAIT)
+    except (ValueError, RuntimeError) as exc:  # WORLD_SIZE set by hand, without torchrun's rendezvous
+        raise LldiffError(f"cannot join the other {world - 1} processes (WORLD_SIZE={world}): "
+                          f"{str(exc).splitlines()[0]}; start several processes with torchrun") from None
+
+    def finish() -> None:
+        try:
+            dist.barrier()
+        except RuntimeError as exc:
+            raise LldiffError(f"another process stopped before the end of its share ({str(exc).splitlines()[0]}); "
+                              "run the same command again to do the images it left") from None
+
+    try:
+        yield finish
+    finally:
+        dist.destroy_process_group()
 
 
 def refuse_shared_outputs(rels: list[Path], target: Callable[[Path], Path]) -> None:

@@ -241,8 +241,8 @@ def enhance(
 ) -> None:
     """Enhance every image in IN_DIR with a diffusion model; write them to OUT_DIR."""
     with user_errors():
-        from lldiff_cli.device import pick_device, pick_precision
-        from lldiff_cli.batch import (Shard, command_inputs, prepare_output_dir, refuse_shared_outputs,
+        from lldiff_cli.device import distributed_env, pick_device, pick_precision, process_device
+        from lldiff_cli.batch import (Shard, command_inputs, prepare_output_dir, ranks_together, refuse_shared_outputs,
                                       unsupported_inputs)
         from lldiff_cli.enhance import EnhanceSettings, check_settings, enhance_folder, in_precision
         from lldiff_cli.errors import LldiffError
@@ -250,6 +250,7 @@ def enhance(
         from lldiff_cli.model import check_ensemble, load_model
 
         part = Shard.parse(shard) if shard is not None else None
+        rank, world, _ = distributed_env()  # under torchrun: this process's rank of world
         target = None
         if exposure != "auto":
             try:
@@ -261,7 +262,7 @@ def enhance(
         if ensemble is not None:  # before any file: a bad value would otherwise fail every image
             check_ensemble(ensemble, "--ensemble")
         check_format(fmt)  # and before the model loads
-        dev = pick_device(device)
+        dev = process_device(pick_device(device))  # under torchrun, CUDA is cuda:LOCAL_RANK
         precision = pick_precision(precision, dev)
         left_out = unsupported_inputs(in_dir, out_dir, recursive)
         in_dir, files = command_inputs(in_dir, out_dir, recursive)
@@ -270,21 +271,31 @@ def enhance(
         # Over all the inputs, not this shard's: two parts would otherwise write one file in turn.
         refuse_shared_outputs(files, lambda rel: output_path(out_dir, rel, fmt))
         what = f"enhanced into {out_dir}"
-        if part is not None:
-            every, files, left_out = files, part.select(files), part.select(left_out)
-            what += f" (shard {part}: {len(files)} of {len(every)} images)"
+        # torchrun's processes each take their own share of the shard (of all the images without one).
+        share = part if world == 1 else (part or Shard(1, 1)).for_rank(rank, world)
+        if share is not None:
+            every, files, left_out = files, share.select(files), share.select(left_out)
+            label = ", ".join([f"shard {part}"] * (part is not None) + [f"rank {rank}/{world}"] * (world > 1))
+            what += f" ({label}: {len(files)} of {len(every)} images)"
         try:
-            net = in_precision(load_model(model, map_location=dev).to(dev), precision)
-            settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap,
-                                       precision=precision, batch_size=batch_size, ensemble=ensemble)
-            check_settings(net, settings)
-            prepare_output_dir(in_dir, out_dir)  # only now: a model that fails to load leaves no empty folder
-            with batch_progress(len(files), "enhance", quiet) as on_item:
-                report = enhance_folder(net, in_dir, out_dir, device=dev, settings=settings, recursive=recursive,
-                                        fmt=fmt, overwrite=overwrite, on_item=on_item, files=files)
+            with ranks_together(world) as finish:
+                net = in_precision(load_model(model, map_location=dev).to(dev), precision)
+                settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile,
+                                           overlap=overlap, precision=precision, batch_size=batch_size,
+                                           ensemble=ensemble)
+                check_settings(net, settings)
+                prepare_output_dir(in_dir, out_dir)  # only now: a model that fails to load leaves no empty folder
+                # One progress bar, rank 0's; each process names its failures and prints its summary.
+                with batch_progress(len(files), "enhance", quiet or rank != 0) as on_item:
+                    report = enhance_folder(net, in_dir, out_dir, device=dev, settings=settings,
+                                            recursive=recursive, fmt=fmt, overwrite=overwrite, on_item=on_item,
+                                            files=files)
+                try:
+                    report_batch(report, what, left_out)  # exits 1 when an image failed
+                finally:  # ... but only once every process has done its share (batch.ranks_together)
+                    finish()
         except KeyboardInterrupt:
             fail("interrupted; finished images are kept: run the same command again to resume", code=130)
-    report_batch(report, what, left_out)
 
 
 # --- eval ---------------------------------------------------------------------
@@ -464,8 +475,8 @@ def train(
 
     with user_errors():
         from lldiff_cli.config import load_config
-        from lldiff_cli.device import pick_device
-        from lldiff_cli.train import (TrainConfig, check_config, check_out_dir, distributed_env, hold_out_dir,
+        from lldiff_cli.device import distributed_env, pick_device
+        from lldiff_cli.train import (TrainConfig, check_config, check_out_dir, hold_out_dir,
                                       load_training_data, start_run, train as run_training)
 
         cfg = load_config(TrainConfig, config, overrides or [])

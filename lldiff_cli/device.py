@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -30,6 +31,27 @@ def pick_device(name: str = "auto") -> torch.device:
         # them to zero changes no result that survives 8-bit output.
         torch.set_flush_denormal(True)
     return torch.device(name)
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) as torchrun sets them; (0, 1, 0) in a plain process."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def process_device(device: torch.device) -> torch.device:
+    """This process's own device: under torchrun, CUDA is ``cuda:LOCAL_RANK`` (made the current
+    device), one GPU per process on each machine; the CPU and MPS stay as they are."""
+    rank, world, local_rank = distributed_env()
+    if world == 1 or device.type != "cuda":
+        return device
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise LldiffError(f"process {rank} has LOCAL_RANK {local_rank}, but this machine has {count} CUDA "
+                          f"device(s): start at most {count} processes per machine (torchrun --nproc_per_node)")
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,7 +19,6 @@ its own batches (the rank is part of the batch seed); rank 0 validates, logs and
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from torch import nn
 
 from lldiff_cli.config import dump_yaml, to_dict
 from lldiff_cli.darken import MODES as DARKEN_MODES, LvRanges, NoiseRanges, random_pair, seed_for
+from lldiff_cli.device import distributed_env, process_device
 from lldiff_cli.errors import ImageReadError, LldiffError
 from lldiff_cli.model import ModelConfig, WaveletDiffusion, build_model, load_checkpoint, save_checkpoint, ssim_torch
 
@@ -667,25 +667,17 @@ class EMA:
 # --- several processes (torchrun) ----------------------------------------------------
 
 
-def distributed_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) as torchrun sets them; (0, 1, 0) in a plain process."""
-    env = os.environ
-    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
-
-
 @contextmanager
 def process_group(device: torch.device):
     """Join torchrun's process group when there is one (NCCL on CUDA, gloo on the CPU) and leave it
     at the end; yields (rank, world_size, device), the device being this process's GPU on CUDA."""
-    rank, world, local_rank = distributed_env()
+    rank, world, _ = distributed_env()
     if world == 1:
         yield 0, 1, device
         return
     if device.type == "mps":
         raise LldiffError("several processes (torchrun) need CUDA or the CPU; the device is mps")
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+    device = process_device(device)
     owner = not dist.is_initialized()
     if owner:
         # Rank 0 validates alone while the others wait in the next collective: allow it an hour.

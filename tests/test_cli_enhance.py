@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,7 @@ from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from lldiff_cli.cli import app
+from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import read_image
 from lldiff_cli.model import WaveletDiffusion, save_checkpoint
 from tests.conftest import tiny_config
@@ -321,8 +326,6 @@ def _written(monkeypatch) -> list[Path]:
 
 def _shard_summary(output: str, part: str) -> tuple[int, int, int, int]:
     """(images taken, of all, done, skipped) from a --shard run's summary line."""
-    import re
-
     text = output.replace("\n", " ")
     found = re.search(rf"shard {part}: (\d+) of (\d+) images\): (\d+) done, (\d+) skipped", text)
     assert found, output
@@ -400,3 +403,73 @@ def test_enhance_bad_shard_is_one_line_before_any_work(tmp_path, checkpoint, dar
     assert result.output.startswith("error: --shard takes I/N") and repr(value) in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_shard_split_between_ranks_takes_exactly_that_shard():
+    """torchrun's processes split a part further; together they take that part, whatever their number."""
+    from lldiff_cli.batch import Shard
+
+    names = [Path(f"day{d}") / f"IMG_{i:04d}.jpg" for d in range(10) for i in range(60)]
+    for part in (Shard(1, 1), Shard(2, 3), Shard(8, 8)):
+        for world in (1, 2, 4):
+            shares = [part.for_rank(rank, world).select(names) for rank in range(world)]
+            assert sorted(n for share in shares for n in share) == part.select(names)  # each once
+            assert all(share for share in shares)
+    assert Shard(3, 8).for_rank(1, 4) == Shard(11, 32)  # part I + N * rank of N * world
+    with pytest.raises(LldiffError, match="rank 2 is not one of 0 to 1"):
+        Shard(1, 2).for_rank(2, 2)
+
+
+def torchrun(*args, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node NPROC -m lldiff_cli enhance ARGS`` on the CPU."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "lldiff_cli", "enhance", *(str(a) for a in args), "--device", "cpu"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _rank_summaries(output: str, world: int) -> dict[int, tuple[int, int, int, int, int]]:
+    """rank -> (images taken, of all, done, skipped, failed) from each process's summary line."""
+    found = re.findall(rf"rank (\d+)/{world}: (\d+) of (\d+) images\): (\d+) done, (\d+) skipped, (\d+) failed",
+                       output.replace("\n", " "))
+    summaries = {int(rank): tuple(int(n) for n in numbers) for rank, *numbers in found}
+    assert sorted(summaries) == list(range(world)) and len(found) == world, output
+    return summaries
+
+
+def test_torchrun_processes_split_the_images_and_write_each_once_as_one_run_does(tmp_path, checkpoint, nine_images):
+    args = ["--model", checkpoint, "--recursive", "--quiet", "--seed", "7", "--eta", "1"]  # eta 1: the seed matters
+    assert lldiff("enhance", nine_images, tmp_path / "whole", *args).exit_code == 0
+    whole = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*") if p.is_file())
+    assert len(whole) == 9
+    proc = torchrun(nine_images, tmp_path / "ranks", *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summaries = _rank_summaries(proc.stderr, 2)
+    # Each process enhanced (wrote) only its own share; the shares add up to the 9 images.
+    assert all(total == 9 and done == taken > 0 and skipped == failed == 0
+               for taken, total, done, skipped, failed in summaries.values()), summaries
+    assert sum(taken for taken, *_ in summaries.values()) == 9
+    assert sorted(p.relative_to(tmp_path / "ranks") for p in (tmp_path / "ranks").rglob("*") if p.is_file()) == whole
+    for rel in whole:  # the same pixels as one process gives
+        assert torch.equal(read_image(tmp_path / "ranks" / rel).rgb, read_image(tmp_path / "whole" / rel).rgb), rel
+
+
+def test_a_bad_file_in_one_share_does_not_stop_the_other_processes(tmp_path, checkpoint):
+    """torchrun stops every process when one exits non-zero: the process whose share is one broken
+    file (exit 1) must wait for the others to finish theirs. Here its share is only that file."""
+    from lldiff_cli.batch import Shard
+
+    rng = np.random.default_rng(6)
+    root = tmp_path / "mixed"
+    root.mkdir()
+    bad = next(name for name in (f"bad{i}.jpg" for i in range(100)) if Shard(1, 1).for_rank(0, 2).takes(Path(name)))
+    (root / bad).write_text("not a jpeg")
+    good = [name for name in (f"img{i}.png" for i in range(100)) if Shard(1, 1).for_rank(1, 2).takes(Path(name))][:3]
+    for name in good:
+        PILImage.fromarray(rng.integers(0, 60, (64, 64, 3), dtype=np.uint8)).save(root / name)
+    proc = torchrun(root, tmp_path / "out", "--model", checkpoint, "--quiet", "--steps", "50")
+    assert proc.returncode != 0  # torchrun fails when a process fails
+    summaries = _rank_summaries(proc.stderr, 2)
+    assert summaries == {0: (1, 4, 0, 0, 1), 1: (3, 4, 3, 0, 0)}, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(good)
+    assert proc.stderr.count(f"failed {bad}") == 1

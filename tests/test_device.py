@@ -36,3 +36,22 @@ def test_auto_precision_is_bfloat16_only_on_a_cpu_that_has_it(monkeypatch, nativ
 def test_bad_precisions_are_clear_errors(name, device, message):
     with pytest.raises(LldiffError, match=message.replace("(", r"\(")):
         D.pick_precision(name, torch.device(device))
+
+
+def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # two machines of two GPUs: the second machine's second process
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert D.distributed_env() == (3, 4, 1)
+    assert D.process_device(torch.device("cuda")) == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
+    assert D.process_device(torch.device("cpu")) == torch.device("cpu")  # processes share the CPU
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(LldiffError, match=r"LOCAL_RANK 2, but this machine has 2 CUDA device\(s\): start at most 2"):
+        D.process_device(torch.device("cuda"))
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    assert D.distributed_env() == (0, 1, 0)
+    assert D.process_device(torch.device("cuda")) == torch.device("cuda")  # one process: as chosen
