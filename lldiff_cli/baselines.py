@@ -149,8 +149,8 @@ def make_method(spec: str, device: torch.device | str = "cpu", precision: str = 
 
 def _model_method(spec: str, device: torch.device | str, precision: str) -> Method:
     """The diffusion model (``lldiff_cli.model.load_model``), run as ``lldiff enhance`` runs it:
-    padded or tiled by ``enhance.enhance_image``, the model's own steps, eta and exposure
-    estimate, seed 0, so a score is reproducible."""
+    padded or tiled by ``enhance.enhance_image``, the model's own steps, eta, exposure
+    estimate and keep_highlights (its card's), seed 0, so a score is reproducible."""
     shipped = spec in shipped_models() or spec.lower() == "default"
     if not shipped and not Path(spec).is_file():
         raise LldiffError(f"method {spec!r}: no such checkpoint file")

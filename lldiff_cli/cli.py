@@ -227,6 +227,7 @@ def enhance(
     seed: Annotated[int, typer.Option(help="Seed of the sampling noise; the same seed gives the same output.")] = 0,
     ensemble: Annotated[Optional[int], typer.Option(help="Self-ensemble: average the outputs for 1, 2 or 4 mirrored copies of each image (cleaner; each copy costs a whole run). Default: the model's.")] = None,
     exposure: Annotated[str, typer.Option(help="Target mean brightness: a number in (0, 1), or 'auto': the model's target (0.44 for the shipped model), never darker than the input.")] = "auto",
+    keep_highlights: Annotated[Optional[bool], typer.Option("--keep-highlights/--no-keep-highlights", help="After the model, put back what the photo already exposed well (a sky, lamps, lit windows: their contrast and colour), so lifted shadows never outshine them. Default: the model's (on for the default model, off for lol).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles of a tiled image that go through the model together (faster on a GPU; more memory).", min=1)] = 1,
     tile: Annotated[Optional[int], typer.Option(help="Tile size in pixels. Default: the default model tiles images above 0.4 megapixels (600x400 is not tiled) in 640-pixel tiles, so time grows linearly and memory stays under 1 GB on a CPU whatever the photo's size (the bound is 4x smaller per wavelet level less).", min=16)] = None,
@@ -282,7 +283,7 @@ def enhance(
                 net = in_precision(load_model(model, map_location=dev).to(dev), precision)
                 settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile,
                                            overlap=overlap, precision=precision, batch_size=batch_size,
-                                           ensemble=ensemble)
+                                           ensemble=ensemble, keep_highlights=keep_highlights)
                 check_settings(net, settings)
                 prepare_output_dir(in_dir, out_dir)  # only now: a model that fails to load leaves no empty folder
                 # One progress bar, rank 0's; each process names its failures and prints its summary.

@@ -1,6 +1,7 @@
 """Enhancing a folder: stream the files, run each through the model, write atomically.
 
-cli.enhance -> enhance_folder -> tiling.enhance_tensor (pad / tile) -> model.enhance -> images.write_like
+cli.enhance -> enhance_folder -> enhance_image: tiling.enhance_tensor (pad / tile) -> model.enhance,
+then tone.keep_highlights -> images.write_like
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lldiff_cli.batch import BatchReport, list_inputs, prepare_output_dir, refus
 from lldiff_cli.device import pick_precision
 from lldiff_cli.images import Image, check_format, output_path, write_like
 from lldiff_cli.tiling import DEFAULT_OVERLAP, enhance_tensor
+from lldiff_cli.tone import keep_highlights
 
 
 @dataclass
@@ -30,6 +32,7 @@ class EnhanceSettings:
     precision: str = "auto"            # see device.pick_precision; float16 needs in_precision(model)
     batch_size: int = 1                # tiles per forward pass
     ensemble: Optional[int] = None     # mirrored copies averaged; None: the model's default
+    keep_highlights: Optional[bool] = None  # tone.keep_highlights after the model; None: the model's
 
 
 def in_precision(model, precision: str):
@@ -39,7 +42,9 @@ def in_precision(model, precision: str):
 
 
 def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device: torch.device) -> torch.Tensor:
-    """1x3xHxW [0, 1] (any device) -> enhanced 1x3xHxW [0, 1] on the CPU."""
+    """1x3xHxW [0, 1] (any device) -> enhanced 1x3xHxW [0, 1] on the CPU: the model's output
+    (padded or tiled by tiling.enhance_tensor), then, with ``settings.keep_highlights`` (None:
+    the model's config), the input's well-exposed parts put back (tone.keep_highlights)."""
     precision = pick_precision(settings.precision, device)
     x = image.to(device)
     if precision == "float16":
@@ -48,7 +53,14 @@ def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device:
         out = enhance_tensor(model, x, tile=settings.tile, overlap=settings.overlap,
                              max_pixels=settings.max_pixels, exposure=settings.exposure, batch_size=settings.batch_size,
                              steps=settings.steps, eta=settings.eta, seed=settings.seed, ensemble=settings.ensemble)
-    return out.float().cpu()
+    out = out.float()
+    keep = settings.keep_highlights
+    if keep is None:
+        keep = getattr(getattr(model, "config", None), "keep_highlights", False)
+    if keep:  # on the whole image, after tiling: no tile edge can show in it
+        with torch.no_grad():
+            out = keep_highlights(image.to(device).float(), out)
+    return out.cpu()
 
 
 def check_settings(model, settings: EnhanceSettings, fmt: Optional[str] = None) -> None:

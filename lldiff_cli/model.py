@@ -81,6 +81,10 @@ class ModelConfig:
     # Self-ensemble: the mean of the outputs for 1, 2 (plus a left-right flip) or 4 (plus the
     # up-down flips) mirrored copies of the input; each copy costs a whole sampling run.
     ensemble: int = 1
+    # After the model, put the input's well-exposed parts back (tone.keep_highlights, in
+    # enhance.enhance_image): right for users' photos; LOL's long-exposure ground truths clip
+    # the windows and lamps it keeps, so off unless a model (its card) turns it on.
+    keep_highlights: bool = False
 
     def validate(self) -> "ModelConfig":
         if not 0 <= self.levels <= 4:
@@ -545,14 +549,38 @@ def card_weights(card: Path) -> Path:
     return weights
 
 
+# The settings of a card's ``sampler`` block: how enhance runs the model, not what it is.
+SAMPLER_KEYS = ("steps", "eta", "spacing", "start_noise", "clip", "ensemble", "exposure_spread", "keep_highlights")
+
+
+def card_sampler(card: Path, config: ModelConfig) -> ModelConfig:
+    """``config`` with the card's ``sampler`` block applied: a card is what enhance runs, so a
+    shipped model's settings can change (e.g. keep_highlights) without new weights. A key
+    outside SAMPLER_KEYS or a bad value is an LldiffError naming the card."""
+    from lldiff_cli.config import from_dict, load_yaml
+
+    sampler = load_yaml(card, what="model card").get("sampler") or {}
+    if not isinstance(sampler, dict):
+        raise LldiffError(f"{card}: 'sampler' must be a mapping of {', '.join(SAMPLER_KEYS)}")
+    unknown = sorted(set(sampler) - set(SAMPLER_KEYS))
+    if unknown:
+        raise LldiffError(f"{card}: unknown sampler setting {', '.join(unknown)}; allowed: {', '.join(SAMPLER_KEYS)}")
+    return from_dict(ModelConfig, {**asdict(config), **sampler}, f"{card}: sampler").validate()
+
+
 def load_model(path: Optional[Path | str] = None, map_location="cpu") -> WaveletDiffusion:
     """Load a model from a card (.yaml naming its weights), a checkpoint (.pt) or a shipped
     model's short name (:func:`resolve_model`); None: the default.
 
     A card's sha256 is always checked against the weights (see :func:`card_weights`), so a
-    truncated download or a replaced file is a clear error.
+    truncated download or a replaced file is a clear error; its ``sampler`` block is applied
+    (:func:`card_sampler`).
     """
     path = resolve_model(path)
+    card = None
     if path.suffix.lower() in (".yaml", ".yml"):
-        path = card_weights(path)
-    return model_from_checkpoint(load_checkpoint(path, map_location), source=str(path))
+        card, path = path, card_weights(path)
+    model = model_from_checkpoint(load_checkpoint(path, map_location), source=str(path))
+    if card is not None:
+        model.config = card_sampler(card, model.config)
+    return model

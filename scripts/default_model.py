@@ -57,8 +57,8 @@ from lldiff_cli.device import pick_precision
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
-from lldiff_cli.model import (DEFAULT_MODEL_NAME, WaveletDiffusion, load_checkpoint, model_from_checkpoint,
-                               save_checkpoint, sha256_of)
+from lldiff_cli.model import (DEFAULT_MODEL_NAME, SAMPLER_KEYS, WaveletDiffusion, load_checkpoint,
+                               model_from_checkpoint, save_checkpoint, sha256_of)
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = {"singles": "singles", "blocks": "blocks"}  # --on's held-out parts (data.run_split's names)
@@ -208,6 +208,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--exposure-prior", default=None, help="the mean grey that auto exposure aims at")
     parser.add_argument("--exposure-spread", default=None,
                         help="the ensemble's copies render at exposure x (1 +- spread)")
+    parser.add_argument("--keep-highlights", choices=["on", "off"], default=None,
+                        help="tone.keep_highlights after the model (default: ship keeps the previous card's choice, "
+                             "else the checkpoint's)")
     parser.add_argument("--on", choices=["held-out", *PARTS, "training"], default="held-out",
                         help="sweep: score the held-out pairs (all, or one part: singles, LOL's protocol; "
                              "blocks, new scenes) or the training pairs")
@@ -249,6 +252,10 @@ def main(argv=None, models: Path = ROOT / "models") -> None:
     elif args.action == "calibrate":
         write_calibrated(args, payload)
     else:
+        card = models / f"{args.name}.yaml"
+        if args.action == "ship" and args.keep_highlights is None and card.is_file():  # a re-ship keeps it
+            kept = (yaml.safe_load(card.read_text()).get("sampler") or {}).get("keep_highlights")
+            args.keep_highlights = None if kept is None else "on" if kept else "off"
         model, result, cfg = sweep(args, payload)
         if args.action == "ship":
             ship(args, payload, model, result, cfg, models)
@@ -308,12 +315,13 @@ def sweep(args: argparse.Namespace, payload: dict) -> tuple[WaveletDiffusion, di
     for steps, eta, start_noise, spacing, shrink, prior, spread, ensemble in grid:
         model = sampler_model(payload, steps=steps, eta=eta, start_noise=start_noise, spacing=spacing,
                               exposure_shrink=shrink, exposure_prior=prior, exposure_spread=spread,
-                              ensemble=ensemble)
+                              ensemble=ensemble,
+                              keep_highlights=None if args.keep_highlights is None else args.keep_highlights == "on")
         c = model.config
         result = {"steps": c.steps, "eta": c.eta, "start_noise": c.start_noise, "spacing": c.spacing,
                   "ensemble": c.ensemble,
                   "exposure_shrink": c.exposure_shrink, "exposure_prior": c.exposure_prior,
-                  "exposure_spread": c.exposure_spread,
+                  "exposure_spread": c.exposure_spread, "keep_highlights": c.keep_highlights,
                   "precision": precision, **score(model, pairs, EnhanceSettings(precision=precision))}
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
     return model, result, cfg
@@ -359,8 +367,7 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
         "architecture": {k: v for k, v in asdict(model.config).items()
                          if k in ("levels", "unet", "hfrm", "anchor", "refiner", "prediction")},
         "schedule": model.config.schedule,
-        "sampler": {k: getattr(model.config, k)
-                    for k in ("steps", "eta", "spacing", "start_noise", "clip", "ensemble", "exposure_spread")},
+        "sampler": {k: getattr(model.config, k) for k in SAMPLER_KEYS},
         "auto_exposure": {"prior": model.config.exposure_prior, "shrink": model.config.exposure_shrink},
         "training": {
             "data": f"{data_description(data)}, {held}",
