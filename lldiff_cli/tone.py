@@ -262,14 +262,15 @@ def order_gain(level: torch.Tensor, weight: torch.Tensor, lifted: torch.Tensor) 
     get 1 everywhere.
     """
     out = torch.ones_like(level)
-    grid = torch.linspace(0, 1, ORDER_GRID + 1, dtype=torch.float64, device=level.device)
+    # float32 throughout (MPS has no float64): a bin's mean is off by far less than a grey level.
+    grid = torch.linspace(0, 1, ORDER_GRID + 1, device=level.device)
     for i in range(level.shape[0]):
         s, w, m = (x[i].float() for x in (level, weight, lifted))
         k = (s * ORDER_BINS).long().clamp(0, ORDER_BINS - 1).flatten()
-        count = torch.bincount(k, minlength=ORDER_BINS).double()
+        count = torch.bincount(k, minlength=ORDER_BINS).float()
 
-        def mean_of(x: torch.Tensor) -> torch.Tensor:  # per bin, summed in float64
-            sums = torch.zeros(ORDER_BINS, dtype=torch.float64, device=x.device).index_add_(0, k, x.flatten().double())
+        def mean_of(x: torch.Tensor) -> torch.Tensor:  # per bin
+            sums = torch.zeros(ORDER_BINS, device=x.device).index_add_(0, k, x.flatten())
             return sums / count.clamp(min=1)
 
         mean_s, mean_w, fused = mean_of(s), mean_of(w), mean_of(w * s + (1 - w) * m)
@@ -283,7 +284,6 @@ def order_gain(level: torch.Tensor, weight: torch.Tensor, lifted: torch.Tensor) 
             bound = torch.where(grid < mean_s[a], torch.minimum(bound, limit), bound)
         bound = bound.clamp(max=2.0)  # above every level: no anchor above (2 keeps the interpolation finite)
         # U(s), linear between the grid's points (a non-decreasing function stays one).
-        bound = bound.float()
         x = s.clamp(0, 1) * ORDER_GRID
         j = x.floor().long().clamp(max=ORDER_GRID - 1)
         t = x - j
