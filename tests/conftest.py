@@ -59,3 +59,26 @@ def pil_open(path):
         loaded = im.copy()
     loaded.format = im.format
     return loaded
+
+
+def make_run_folder(root, names: list[str], split: dict, size: tuple[int, int] = (24, 32), dim: int = 8):
+    """A `lldiff train` run folder over generated pairs ROOT/{low,high}/NAME.png (each low image
+    the high one divided by ``dim``): config.yaml (paired layout) and split.json = ``split``."""
+    import json
+
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in names:
+        high = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        for folder, image in (("low", high // dim), ("high", high)):
+            (root / folder).mkdir(exist_ok=True)
+            Image.fromarray(image).save(root / folder / f"{name}.png")
+    run = root / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"layout": "paired", "low": str(root / "low"), "high": str(root / "high"), "val_block": 1}}))
+    (run / "split.json").write_text(json.dumps(split))
+    return run

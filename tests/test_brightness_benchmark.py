@@ -5,9 +5,7 @@ import sys
 
 import numpy as np
 import torch
-import yaml
-from conftest import load_script
-from PIL import Image
+from conftest import load_script, make_run_folder
 
 brightness = load_script("benchmarks/brightness.py")
 
@@ -23,18 +21,8 @@ def test_scores_are_the_log_error_and_the_rescaled_ground_truths_psnr():
 
 
 def test_the_benchmark_reports_the_prior_and_each_estimator_on_both_parts(tmp_path, monkeypatch, capsys):
-    rng = np.random.default_rng(0)
-    names = [str(i) for i in range(1, 13)]
-    for name in names:
-        high = rng.integers(40, 256, (32, 32, 3), dtype=np.uint8)
-        for folder, image in (("low", high // 10), ("high", high)):
-            (tmp_path / folder).mkdir(exist_ok=True)
-            Image.fromarray(image).save(tmp_path / folder / f"{name}.png")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(
-        {"data": {"layout": "paired", "low": str(tmp_path / "low"), "high": str(tmp_path / "high")}}))
-    (run / "split.json").write_text(json.dumps({"val": ["11", "12", "3", "7"], "singles": ["3", "7"]}))
+    run = make_run_folder(tmp_path, [str(i) for i in range(1, 13)],
+                          {"val": ["11", "12", "3", "7"], "singles": ["3", "7"]}, size=(32, 32), dim=10)
     monkeypatch.setattr(sys, "argv", ["brightness.py", str(run), "--grids", "none,2x2", "--jitter", "0.1",
                                       "--iterations", "3", "--width", "4", "--seeds", "2"])
     brightness.main()

@@ -3,12 +3,10 @@
 import json
 import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import load_script
-from PIL import Image
+from conftest import load_script, make_run_folder
 
 from lldiff_cli.model import save_checkpoint
 
@@ -19,17 +17,7 @@ NAMES = ["1", "2", "3", "4", "5"]
 @pytest.fixture
 def run(tmp_path, exposure_aware_model):
     """A run folder over 5 generated pairs: config.yaml, split.json holding out pair 3, best.pt."""
-    rng = np.random.default_rng(0)
-    for name in NAMES:
-        high = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-        for folder, image in (("low", high // 8), ("high", high)):
-            (tmp_path / folder).mkdir(exist_ok=True)
-            Image.fromarray(image).save(tmp_path / folder / f"{name}.png")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(
-        {"data": {"layout": "paired", "low": str(tmp_path / "low"), "high": str(tmp_path / "high"), "val_block": 1}}))
-    (run / "split.json").write_text(json.dumps({"val": ["3"]}))
+    run = make_run_folder(tmp_path, NAMES, {"val": ["3"]})
     save_checkpoint(exposure_aware_model, run / "best.pt")
     return run
 
