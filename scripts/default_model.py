@@ -61,7 +61,7 @@ from lldiff_cli.model import (DEFAULT_MODEL_NAME, SAMPLER_KEYS, WaveletDiffusion
                                model_from_checkpoint, save_checkpoint, sha256_of)
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = {"singles": "singles", "blocks": "blocks"}  # --on's held-out parts (data.run_split's names)
+PARTS = ("singles", "blocks")  # --on's held-out parts, named as data.run_split names them
 
 
 def run_pairs(run: Path, held_out: bool = True, every: int = 1, limit: int = 0,
@@ -297,7 +297,8 @@ def sweep(args: argparse.Namespace, payload: dict) -> tuple[WaveletDiffusion, di
         sys.exit("--every must be at least 1 and --limit at least 0")
     if args.action == "ship" and args.on != "held-out":
         sys.exit("ship scores the held-out pairs: the card's validation is measured on them")
-    pairs, cfg = run_pairs(args.run, args.on != "training", args.every, args.limit, PARTS.get(args.on, "val"))
+    pairs, cfg = run_pairs(args.run, args.on != "training", args.every, args.limit,
+                           args.on if args.on in PARTS else "val")
 
     def values(text, cast):
         try:

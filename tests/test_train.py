@@ -183,11 +183,16 @@ def test_mixing_pairs_and_photos(tmp_path, monkeypatch):
     assert not load_training_data(only_pairs).photos
 
 
-def test_named_layouts_come_from_data_py(tmp_path):
-    make_paired(tmp_path / "root" / "LOL-v2" / "Real_captured" / "Train", n=4)
-    base = tmp_path / "root" / "LOL-v2" / "Real_captured" / "Train"
+def lolv2_real_tree(root: Path, n: int) -> None:
+    """n generated pairs where the LOLv2-real layout keeps its training split (Low/, Normal/)."""
+    base = root / "LOL-v2" / "Real_captured" / "Train"
+    make_paired(base, n=n)
     (base / "low").rename(base / "Low")
     (base / "high").rename(base / "Normal")
+
+
+def test_named_layouts_come_from_data_py(tmp_path):
+    lolv2_real_tree(tmp_path / "root", n=4)
     cfg = tiny_cfg(tmp_path, "data.layout=LOLv2-real", f"data.root={tmp_path / 'root'}", "data.photos=null",
                    "data.val_block=1", "data.val_fraction=0.25")
     data = load_training_data(cfg)
@@ -205,13 +210,7 @@ def test_named_layouts_come_from_data_py(tmp_path):
     ("data.darken.mode=night", "unknown data.darken.mode 'night'"),
     ("data.photos=null", "no training data"),
     ("data.crop=16", "data.crop (16) must be at least 32 for this model"),
-])
-def test_bad_values_are_clear_errors(tmp_path, override, message):
-    with pytest.raises(LldiffError, match=re.escape(message)):
-        check_config(tiny_cfg(tmp_path, override))
-
-
-@pytest.mark.parametrize("override, message", [
+    # values that were accepted (a negative lr, clipping to -1, an EMA that grows) or a traceback
     ("optim.lr=-0.001", "optim.lr must be more than 0, got -0.001"),
     ("optim.lr=0", "optim.lr must be more than 0, got 0.0"),
     ("optim.min_lr=-1", "optim.min_lr must be in [0, optim.lr] = [0, 0.001], got -1.0"),
@@ -229,8 +228,7 @@ def test_bad_values_are_clear_errors(tmp_path, override, message):
     ("data.darken.gamma=[1, .nan]", "data.darken.gamma[1] must be a finite number, got nan"),
     ("model.schedule.beta_end=.inf", "model.schedule.beta_end must be a finite number, got inf"),
 ])
-def test_training_values_that_make_no_sense_are_refused(tmp_path, override, message):
-    """Each was accepted (a negative lr, clipping to -1, an EMA that grows) or a traceback."""
+def test_bad_values_are_clear_errors(tmp_path, override, message):
     with pytest.raises(LldiffError, match=re.escape(message)):
         check_config(tiny_cfg(tmp_path, override))
 
@@ -377,10 +375,7 @@ def test_single_pairs_are_held_out_beside_the_blocks(tmp_path):
 
     from lldiff_cli.train import start_run
 
-    make_paired(tmp_path / "root" / "LOL-v2" / "Real_captured" / "Train", n=8)
-    base = tmp_path / "root" / "LOL-v2" / "Real_captured" / "Train"
-    (base / "low").rename(base / "Low")
-    (base / "high").rename(base / "Normal")
+    lolv2_real_tree(tmp_path / "root", n=8)
     cfg = tiny_cfg(tmp_path, "data.layout=LOLv2-real", f"data.root={tmp_path / 'root'}", "data.photos=null",
                    "data.val_block=2", "data.val_fraction=0.25", "data.val_singles=2")
     data = load_training_data(cfg)
