@@ -1,119 +1,119 @@
-"""Seconds per image and peak memory of `lldiff enhance`'s model path, like DiffLL's speed table.
+"""Seconds and peak memory of the whole `lldiff enhance` command, by photo size.
 
-    python benchmarks/speed.py                       # shipped default model, CPU (or GPU when present)
-    python benchmarks/speed.py --model runs/x/best.pt --sizes 600x400 --repeats 5
-    python benchmarks/speed.py --no-flush-denormal   # what denormal flushing buys
-    python benchmarks/speed.py --precision float32   # what bfloat16 buys (auto: bfloat16 where the CPU has it)
+    python benchmarks/speed.py                          # 600x400 (15 photos), 2000x1500, 4000x3000
+    python benchmarks/speed.py --sizes 4000x3000 --ensemble 1 --steps 1   # what the trade-offs buy
+    python benchmarks/speed.py --model lol --json speed.json
 
-Each (model, size) runs in a fresh subprocess, so peak memory (max RSS on the CPU,
-max allocated on CUDA) belongs to that measurement alone. Rows: the default model at its
-default steps, and the same architecture with ``levels: 0`` (pixel-space conditional
-diffusion, random weights: only its time is meaningful). Model loading is excluded; the
-first (warm-up) run is excluded; the figure is the median of the rest.
+For each size it writes dark JPEG photos (scikit-image's sample photos, resized and darkened by
+Lv et al.'s model at fixed parameters) into a temporary folder and times one
+``python -m lldiff_cli enhance IN OUT`` over them: start-up, model loading, reading, exposure,
+tiles, mirrored copies, refiner, keeping highlights, writing, all that a user waits for. Each
+command runs in its own process; its peak resident memory (max RSS, from ``wait4``) is its own.
+Sizes under a megapixel get ``--small-count`` photos (like LOL's 15 test images), so start-up
+is spread as it is over a folder; the others one photo, start-up included. ``s/MP`` is
+seconds per megapixel of photo; ``x small`` is that over the first size's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 from lldiff_cli.errors import run_script
 
+PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
 
-def measure(args: argparse.Namespace) -> dict:
+
+def dark_photo(name: str, width: int, height: int) -> "PIL.Image.Image":
+    """scikit-image's photo ``name`` resized to width x height and darkened (Lv et al.'s model,
+    alpha 0.95, beta 0.6, gamma 2.5), as an 8-bit RGB PIL image."""
+    import skimage.data
     import torch
+    from PIL import Image
 
-    from lldiff_cli.device import pick_device, pick_precision
-    from lldiff_cli.enhance import EnhanceSettings, enhance_image, in_precision
-    from lldiff_cli.evaluate import max_rss_bytes
-    from lldiff_cli.model import WaveletDiffusion, load_model
+    from lldiff_cli.darken import lv_darken
 
-    device = pick_device(args.device)
-    precision = pick_precision(args.precision, device)
-    if args.no_flush_denormal:
-        torch.set_flush_denormal(False)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model(args.model, map_location=device)
-    if args.levels is not None:
-        from dataclasses import replace
+    photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((width, height), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255)
+    dark = lv_darken(x, alpha=0.95, beta=0.6, gamma=2.5)
+    return Image.fromarray((dark.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
 
-        model = WaveletDiffusion(replace(model.config, levels=args.levels)).eval()
-    model = in_precision(model.to(device), precision)
-    w, h = (int(v) for v in args.size.split("x"))
-    gen = torch.Generator().manual_seed(0)
-    image = torch.rand(1, 3, h, w, generator=gen) * 0.25
-    settings = EnhanceSettings(steps=args.steps, ensemble=args.ensemble, precision=precision)
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(args.repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        enhance_image(model, image, settings, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else max_rss_bytes()
-    return {"device": str(device), "size": args.size, "levels": model.config.levels,
-            "steps": args.steps or model.config.steps, "ensemble": args.ensemble or model.config.ensemble,
-            "precision": precision, "seconds": statistics.median(times[1:]),
-            "peak_mb": peak / 2 ** 20, "threads": torch.get_num_threads(),
-            "flush_denormal": not args.no_flush_denormal}
+
+def run_command(cmd: list[str]) -> tuple[float, int]:
+    """Run ``cmd``; (wall seconds, its peak resident memory in bytes). Raises on failure."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
+    seconds = time.perf_counter() - start
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {code}: {stderr.strip()[-500:]}")
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return seconds, usage.ru_maxrss * scale
+
+
+def measure(width: int, height: int, count: int, options: list[str], work: Path) -> dict:
+    src = work / f"in-{width}x{height}"
+    src.mkdir()
+    for i in range(count):
+        dark_photo(PHOTOS[i % len(PHOTOS)], width, height).save(src / f"photo{i:02d}.jpg", quality=95)
+    cmd = [sys.executable, "-m", "lldiff_cli", "enhance", str(src), str(work / f"out-{width}x{height}"),
+           "--overwrite", "--quiet", *options]
+    seconds, peak = run_command(cmd)
+    megapixels = width * height / 1e6
+    return {"size": f"{width}x{height}", "images": count, "seconds": seconds, "s_per_image": seconds / count,
+            "s_per_mp": seconds / count / megapixels, "peak_mb": peak / 2 ** 20}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"sizes must be WxH, got {text!r}")
+    if width < 16 or height < 16:
+        raise SystemExit(f"sizes must be at least 16x16, got {text!r}")
+    return width, height
 
 
 def main() -> None:
-    from lldiff_cli.device import PRECISIONS
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="card or checkpoint (default: the shipped model)")
-    parser.add_argument("--sizes", default="600x400,1920x1080,4000x3000")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    parser.add_argument("--ensemble", type=int, default=None, help="mirrored copies averaged (default: the model's)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="as lldiff enhance's (float16: CUDA only)")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--no-flush-denormal", action="store_true")
-    parser.add_argument("--skip-levels0", action="store_true", help="only the model as shipped")
+    parser.add_argument("--sizes", default="600x400,2000x1500,4000x3000")
+    parser.add_argument("--small-count", type=int, default=15, help="photos per size under a megapixel")
+    parser.add_argument("--model", default=None, help="as lldiff enhance's --model (default: the shipped model)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--ensemble", type=int, default=None)
+    parser.add_argument("--precision", default=None, help="as lldiff enhance's --precision")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
-    parser.add_argument("--_one", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--levels", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args._one:
-        print(json.dumps(measure(args)))
-        return
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    options = []
+    for flag, value in (("--model", args.model), ("--steps", args.steps), ("--ensemble", args.ensemble),
+                        ("--precision", args.precision)):
+        if value is not None:
+            options += [flag, str(value)]
+    print(f"lldiff enhance {' '.join(options) or '(defaults)'}, {os.cpu_count()} CPUs")
+    print(f"{'size':>10} {'images':>6} {'s/image':>8} {'s/MP':>6} {'x small':>7} {'peak MB':>8}", flush=True)
     rows = []
-    variants = [None] if args.skip_levels0 else [None, 0]
-    for levels in variants:
-        for size in args.sizes.split(","):
-            cmd = [sys.executable, __file__, "--_one", "--size", size, "--repeats", str(args.repeats),
-                   "--device", args.device, "--precision", args.precision, "--threads", str(args.threads)]
-            for flag, value in (("--model", args.model), ("--steps", args.steps), ("--ensemble", args.ensemble),
-                                ("--levels", levels)):
-                if value is not None:
-                    cmd += [flag, str(value)]
-            if args.no_flush_denormal:
-                cmd.append("--no-flush-denormal")
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"{size} levels={levels}: failed\n{done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
-                continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory(prefix="lldiff-speed-") as tmp:
+        for width, height in sizes:
+            count = args.small_count if width * height < 1_000_000 else 1
+            row = measure(width, height, count, options, Path(tmp))
+            row["x_small"] = row["s_per_mp"] / rows[0]["s_per_mp"] if rows else 1.0
             rows.append(row)
-            print(f"{row['device']:>5}  levels={row['levels']}  steps={row['steps']}  ensemble={row['ensemble']}  {row['precision']:>8}  {row['size']:>10}  "
-                  f"{row['seconds']:7.3f} s/image  peak {row['peak_mb']:8.0f} MB  "
-                  f"(threads {row['threads']}, flush_denormal {row['flush_denormal']})", flush=True)
+            print(f"{row['size']:>10} {count:>6} {row['s_per_image']:8.2f} {row['s_per_mp']:6.2f} "
+                  f"{row['x_small']:7.2f} {row['peak_mb']:8.0f}", flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

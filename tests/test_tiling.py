@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lldiff_cli.tiling import TILE_EXPOSURE_POWER, enhance_tensor, pad_to_multiple, tile_starts, unpad
+from lldiff_cli.tiling import TILE_EXPOSURE_POWER, enhance_tensor, pad_to_multiple, tile_grid, tile_span, unpad
 
 
 class Identity:
@@ -33,11 +33,38 @@ def test_pad_unpad_round_trip_any_size():
         assert torch.equal(unpad(padded, size), x)
 
 
-def test_tile_starts_cover_with_overlap():
-    starts = tile_starts(1000, 256, 32)
-    assert starts[0] == 0 and starts[-1] == 1000 - 256
-    assert all(b - a <= 256 - 32 for a, b in zip(starts, starts[1:]))
-    assert tile_starts(100, 256, 32) == [0]
+@pytest.mark.parametrize("length, tile, overlap, multiple", [(1000, 256, 32, 1), (1000, 640, 64, 1), (4000, 768, 64, 16),
+                                                          (3000, 768, 64, 16), (769, 768, 64, 16), (1200, 512, 0, 8)])
+def test_tiles_cover_the_side_sharing_the_overlap_and_little_more(length, tile, overlap, multiple):
+    size, starts = tile_span(length, tile, overlap, multiple)
+    assert size <= tile and size % multiple == 0
+    assert starts[0] == 0 and starts[-1] == length - size
+    shared = [size - (b - a) for a, b in zip(starts, starts[1:])]
+    assert all(s >= overlap for s in shared)
+    # As few tiles as `tile`-pixel ones need, sharing no more than rounding to the multiple adds.
+    assert len(starts) == -(-(length - overlap) // (tile - overlap))
+    assert all(s <= overlap + 2 * multiple for s in shared)
+
+
+def test_a_side_that_fits_is_one_tile():
+    assert tile_span(100, 256, 32) == (100, [0])
+    assert tile_span(1000, 532, 64) == (532, [0, 468])
+    assert tile_span(1000, 640, 64) == (532, [0, 468])  # two of 532, not two of 640 sharing 280
+
+
+def test_the_grid_is_what_enhance_tensor_runs():
+    model = Identity()
+    x = torch.rand(1, 3, 70, 100)
+    assert tile_grid(model, 70, 100) is None
+    grid = tile_grid(model, 70, 100, tile=32, overlap=8)
+    assert grid.count == len(grid.ys) * len(grid.xs) > 4 and grid.height <= 32 and grid.width <= 32
+    progress = []
+    enhance_tensor(model, x, tile=32, overlap=8, on_tile=lambda done, total: progress.append((done, total)))
+    assert model.calls == [(1, 3, grid.height, grid.width)] * grid.count
+    assert progress == [(k, grid.count) for k in range(1, grid.count + 1)]
+    untiled = []
+    enhance_tensor(Identity(), x, on_tile=lambda done, total: untiled.append((done, total)))
+    assert untiled == [(1, 1)]
 
 
 def test_identity_model_gives_back_the_input_untiled_and_tiled():
@@ -124,9 +151,9 @@ def test_a_real_model_gives_the_same_tiles_in_any_batch_size(tiny_model, eta):
 def test_the_tiling_bound_follows_the_band_the_network_sees():
     from lldiff_cli.tiling import default_max_pixels, default_tile
 
-    assert default_max_pixels(2) == 400_000 and default_tile(2) == 640
-    assert default_max_pixels(0) == 25_000 and default_tile(0) == 160
+    assert default_max_pixels(2) == 589_824 and default_tile(2) == 768
+    assert default_max_pixels(0) == 36_864 and default_tile(0) == 192
     pixel_space = Identity()
     pixel_space.levels = 0
     enhance_tensor(pixel_space, torch.rand(1, 3, 400, 600))
-    assert len(pixel_space.calls) > 1 and all(s[-1] <= 160 for s in pixel_space.calls)
+    assert len(pixel_space.calls) > 1 and all(s[-1] <= 192 and s[-2] <= 192 for s in pixel_space.calls)
