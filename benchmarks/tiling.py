@@ -30,8 +30,9 @@ from lldiff_cli.tiling import enhance_tensor
 def compare(model, low: torch.Tensor, high: torch.Tensor, size: tuple[int, int], tile=None) -> dict[str, float]:
     """PSNRs (dB) of the tiled output to the untiled one and of each to the ground truth, at ``size`` (h, w)."""
     low, high = (F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1) for x in (low, high))
-    whole = enhance_tensor(model, low, max_pixels=size[0] * size[1], ensemble=1, seed=0)
-    tiled = enhance_tensor(model, low, tile=tile, ensemble=1, seed=0)
+    exposure = float(model.auto_exposure(low))  # one target for both, as enhance.enhance_image decides it
+    whole = enhance_tensor(model, low, max_pixels=size[0] * size[1], exposure=exposure, ensemble=1, seed=0)
+    tiled = enhance_tensor(model, low, tile=tile, exposure=exposure, ensemble=1, seed=0)
     whole8, tiled8, high8 = M.as_array255(whole), M.as_array255(tiled), M.as_array255(high)
     return {"tiled to untiled": M.psnr(tiled8, whole8), "untiled to GT": M.psnr(whole8, high8),
             "tiled to GT": M.psnr(tiled8, high8)}

@@ -48,18 +48,28 @@ def in_precision(model, precision: str):
     return model
 
 
-def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device: torch.device) -> torch.Tensor:
+def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device: torch.device,
+                  on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """1x3xHxW [0, 1] (any device) -> enhanced 1x3xHxW [0, 1] on the CPU: the model's output
     (padded or tiled by tiling.enhance_tensor), then, with ``settings.keep_highlights`` (None:
-    the model's config), the input's well-exposed parts put back (tone.keep_highlights)."""
+    the model's config), the input's well-exposed parts put back (tone.keep_highlights).
+
+    The target exposure is decided here, once per image, by one rule whatever its size:
+    ``settings.exposure``, else ``model.auto_exposure`` (on a copy at most 600 pixels a side,
+    what calibrate.fit_exposure fits); tiles then get their shares of it. ``on_tile(done,
+    total)`` reports progress (see tiling.enhance_tensor)."""
     precision = pick_precision(settings.precision, device)
     x = image.to(device)
     if precision == "float16":
         x = x.half()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        exposure = settings.exposure
+        if exposure is None and hasattr(model, "auto_exposure"):
+            exposure = float(model.auto_exposure(x))
         out = enhance_tensor(model, x, tile=settings.tile, overlap=settings.overlap,
-                             max_pixels=settings.max_pixels, exposure=settings.exposure, batch_size=settings.batch_size,
-                             steps=settings.steps, eta=settings.eta, seed=settings.seed, ensemble=settings.ensemble)
+                             max_pixels=settings.max_pixels, exposure=exposure, batch_size=settings.batch_size,
+                             steps=settings.steps, eta=settings.eta, seed=settings.seed, ensemble=settings.ensemble,
+                             on_tile=on_tile)
     out = out.float()
     keep = settings.keep_highlights
     if keep is None:

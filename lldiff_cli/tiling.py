@@ -3,10 +3,10 @@
 ``enhance_tensor`` is the single entry from an image tensor to ``model.enhance``: it pads to
 the model's multiple (reflecting the border) and crops back; above ``max_pixels`` it cuts
 the image into overlapping tiles, enhances each, and blends the overlaps with linear ramps,
-so memory stays bounded whatever the photo's size. The exposure is estimated once on a
-downscaled copy of the whole image. The model renders whatever it is given at the mean grey
-it is asked for, so each tile is asked for its share of it (:func:`tile_exposure`): a dark
-corner stays darker than a lit one, as in the whole image.
+so memory stays bounded whatever the photo's size. It is geometry: the whole image's target
+exposure comes from its caller (enhance.enhance_image). The model renders whatever it is given
+at the mean grey it is asked for, so each tile is asked for its share of that target
+(:func:`tile_exposure`): a dark corner stays darker than a lit one, as in the whole image.
 """
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ def enhance_tensor(model, image: torch.Tensor, *, tile: Optional[int] = None, ov
     ``max_pixels`` (default: :func:`default_max_pixels`) is the size above which tiling starts.
     ``batch_size`` tiles go through the model together (every tile of an image has the same size).
     ``on_tile(done, total)`` is called after each model call (total 1 when untiled): progress.
+    ``exposure`` is the whole image's target (enhance.enhance_image decides it); each tile is
+    asked for its share (:func:`tile_exposure`). None leaves each call to the model's estimate.
     """
     h, w = image.shape[-2:]
     grid = tile_grid(model, h, w, tile=tile, overlap=overlap, max_pixels=max_pixels)
@@ -143,8 +145,6 @@ def enhance_tensor(model, image: torch.Tensor, *, tile: Optional[int] = None, ov
             on_tile(1, 1)
         return out
     th, tw, ys, xs, overlap = grid
-    if exposure is None and hasattr(model, "auto_exposure"):
-        exposure = float(model.auto_exposure(image))
     image_mean = float(image.mean())
     out = torch.zeros(image.shape[0], 3, h, w)
     weight = torch.zeros(1, 1, h, w)

@@ -881,15 +881,16 @@ def _resume(path: Path, model_cfg: ModelConfig, model: nn.Module, ema: EMA, opt,
 @torch.no_grad()
 def validate(model_cfg: ModelConfig, state: dict, pairs, device: torch.device, limit: int = 0) -> list[float]:
     """PSNR (8-bit RGB) of the EMA model, default sampler settings, on each held-out pair."""
+    from lldiff_cli.enhance import EnhanceSettings, enhance_image
     from lldiff_cli.metrics import psnr
-    from lldiff_cli.tiling import enhance_tensor
 
     model = WaveletDiffusion(model_cfg).to(device)
     model.load_state_dict(state, strict=True)
     model.eval()
+    settings = EnhanceSettings(precision="float32", keep_highlights=False)
     scores = []
     for low, high in pairs[: limit or None]:
-        out = enhance_tensor(model, low[None].float().div(255).to(device), seed=0)
+        out = enhance_image(model, low[None].float().div(255), settings, device)
         scores.append(psnr(out.cpu(), high[None].float().div(255)))
     return scores
 

@@ -118,18 +118,31 @@ def test_each_tile_is_asked_for_its_share_of_the_brightness():
     """The model renders a tile at the mean grey it is given, so a tile darker than the image
     gets a lower target: exposure * (tile mean / image mean) ** TILE_EXPOSURE_POWER."""
     x = torch.cat([torch.full((1, 3, 32, 32), 0.05), torch.full((1, 3, 32, 32), 0.2)], dim=-1)
-    for given in (None, 0.3):
-        model = Recorder()
-        enhance_tensor(model, x, tile=32, overlap=0, exposure=given)
-        e = 0.4 if given is None else given
-        expected = [e * (m / 0.125) ** TILE_EXPOSURE_POWER for m in (0.05, 0.2)]
-        torch.testing.assert_close(torch.cat(model.exposures), torch.tensor(expected))
+    model = Recorder()
+    enhance_tensor(model, x, tile=32, overlap=0, exposure=0.3)
+    expected = [0.3 * (m / 0.125) ** TILE_EXPOSURE_POWER for m in (0.05, 0.2)]
+    torch.testing.assert_close(torch.cat(model.exposures), torch.tensor(expected))
     batched = Recorder()
-    enhance_tensor(batched, x, tile=32, overlap=0, batch_size=2)
+    enhance_tensor(batched, x, tile=32, overlap=0, batch_size=2, exposure=0.4)
     torch.testing.assert_close(batched.exposures[0], torch.cat(model.exposures) / 0.3 * 0.4)
     black = Recorder()  # a black image: every tile at the image's target
     enhance_tensor(black, torch.zeros(1, 3, 32, 64), tile=32, overlap=0, exposure=0.3)
     torch.testing.assert_close(torch.cat(black.exposures), torch.tensor([0.3, 0.3]))
+
+
+def test_auto_exposure_is_one_rule_tiled_or_not():
+    """enhance_image decides the target once (model.auto_exposure, 0.4 here): whole, the image
+    gets it; tiled, its tiles get their shares of it."""
+    from lldiff_cli.enhance import EnhanceSettings, enhance_image
+
+    x = torch.cat([torch.full((1, 3, 32, 32), 0.05), torch.full((1, 3, 32, 32), 0.2)], dim=-1)
+    cpu = torch.device("cpu")
+    whole, tiled = Recorder(), Recorder()
+    enhance_image(whole, x, EnhanceSettings(precision="float32"), cpu)
+    enhance_image(tiled, x, EnhanceSettings(precision="float32", tile=32, overlap=0), cpu)
+    assert whole.exposures == [pytest.approx(0.4)]
+    expected = [0.4 * (m / 0.125) ** TILE_EXPOSURE_POWER for m in (0.05, 0.2)]
+    torch.testing.assert_close(torch.cat(tiled.exposures), torch.tensor(expected))
 
 
 def test_tiled_real_model_runs(tiny_model):
