@@ -569,6 +569,39 @@ def train(
             raise typer.Exit(130)
 
 
+# --- app ----------------------------------------------------------------------
+
+
+@app.command("app")
+def app_command(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="The model the page starts with and /enhance uses: a shipped model's name, a card (.yaml) or a checkpoint (.pt); the page offers every shipped one. Default: the default model.")] = None,
+    host: Annotated[str, typer.Option(help="Address to serve on; 127.0.0.1 keeps the page to this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.", min=1, max=65535)] = 7860,
+    device: Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps.")] = "auto",
+    # 50 = app.MAX_MEGAPIXELS, written out: importing the app module would load torch for --help.
+    max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="Larger photos get a message instead of hours of work (lldiff enhance takes any size).", min=0.01)] = 50.0,
+) -> None:
+    """Serve a local web page to try a model on your own photos, and its /enhance API.
+
+    Needs the app extra: pip install "lldiff\\[app]". Ctrl-C stops it.
+    """
+    import tempfile
+
+    with user_errors(), tempfile.TemporaryDirectory(prefix="lldiff-app-") as work_dir:
+        from lldiff_cli.app import Models, build_app, launch, require_gradio
+        from lldiff_cli.device import pick_device, pick_precision
+
+        require_gradio()  # before the model loads: a missing extra is the first thing said
+        dev = pick_device(device)
+        models = Models(model, dev, pick_precision("auto", dev))
+        page = build_app(models, Path(work_dir), max_pixels=int(max_megapixels * 1e6))  # loads the model
+        url = launch(page, host=host, port=port)
+        console.print(f"lldiff app on [bold]{escape(url)}[/] (model {escape(models.default)}, device {dev}); "
+                      f"scripts: gradio_client's Client({url!r}).predict(handle_file(PHOTO), 0, "
+                      "api_name='/enhance'). Ctrl-C stops it", highlight=False, soft_wrap=True)
+        page.block_thread()  # until Ctrl-C
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
