@@ -42,8 +42,8 @@ def in_precision(model, precision: str):
     (oneDNN's and cuDNN's own layout): on 2 CPU cores in bfloat16, one 640x640 image took 1.19 s
     instead of 2.06 s, most of the rest being layout copies; outputs differ by rounding only."""
     model = model.half() if precision == "float16" else model
-    device = next(model.parameters()).device
-    if device.type in ("cpu", "cuda"):  # MPS lacks some channels-last kernels
+    weight = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if weight is not None and weight.device.type in ("cpu", "cuda"):  # MPS lacks some channels-last kernels
         model = model.to(memory_format=torch.channels_last)
     return model
 
