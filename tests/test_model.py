@@ -28,17 +28,36 @@ def test_enhance_is_reproducible_with_a_seed_and_varies_without(tiny_model):
     assert not torch.equal(a, c)
 
 
+def shared_copies(model, x, exposures, seed=5):
+    """What enhance's self-ensemble computes: copy k's low band restored from the mirrored dark
+    band at exposures[k] and mirrored back, the bands averaged, the details restored once."""
+    gen = torch.Generator().manual_seed(seed)
+    steps, eta = model.config.steps, model.config.eta
+    band, lls, highs = model.decompose(x)
+    bands = [mirror(model.restore_band(mirror(band, k), e_k.reshape(1), steps=steps, eta=eta, generator=gen), k)
+             for k, e_k in enumerate(exposures)]
+    restored = sum(bands) / len(bands)
+    return model.reconstruct(restored, model.restore_details(restored, lls, highs)).clamp(0, 1)
+
+
+def test_the_low_band_of_a_mirrored_image_is_the_mirrored_low_band(tiny_model):
+    """What lets the ensemble's copies share one band average (sizes are multiples of 2**levels)."""
+    x = torch.rand(1, 3, 16, 24)
+    for k in range(4):
+        torch.testing.assert_close(tiny_model.decompose(mirror(x, k))[0], mirror(tiny_model.decompose(x)[0], k))
+
+
 def test_self_ensemble_averages_the_mirrored_runs(tiny_model):
     x = torch.rand(1, 3, 16, 24)
     assert torch.equal(tiny_model.enhance(x, seed=5, ensemble=1), tiny_model.enhance(x, seed=5))
-    gen = torch.Generator().manual_seed(5)
-    e = tiny_model.estimate_exposure(tiny_model.decompose(x)[0])
+    e = tiny_model.auto_exposure(x)
     steps, eta = tiny_model.config.steps, tiny_model.config.eta
-    runs = [mirror(tiny_model.sample(mirror(x, k), e, steps=steps, eta=eta, generator=gen), k) for k in range(4)]
-    assert torch.allclose(tiny_model.enhance(x, seed=5, ensemble=4), (sum(runs) / 4).clamp(0, 1), atol=1e-6)
-    assert torch.allclose(tiny_model.enhance(x, seed=5, ensemble=2), ((runs[0] + runs[1]) / 2).clamp(0, 1), atol=1e-6)
+    one = tiny_model.sample(x, e, steps=steps, eta=eta, generator=torch.Generator().manual_seed(5)).clamp(0, 1)
+    assert torch.allclose(tiny_model.enhance(x, seed=5, ensemble=1), one, atol=1e-6)
+    assert torch.allclose(tiny_model.enhance(x, seed=5, ensemble=4), shared_copies(tiny_model, x, [e] * 4), atol=1e-6)
+    assert torch.allclose(tiny_model.enhance(x, seed=5, ensemble=2), shared_copies(tiny_model, x, [e] * 2), atol=1e-6)
     # the mirrored copy is a run of its own (a tiny random net is not mirror-symmetric)
-    assert not torch.allclose(runs[0], runs[1])
+    assert not torch.allclose(tiny_model.enhance(x, seed=5, ensemble=2), one)
     with pytest.raises(LldiffError, match="ensemble must be one of 1, 2, 4, got 3"):
         tiny_model.enhance(x, ensemble=3)
     with pytest.raises(LldiffError, match="ensemble must be one of 1, 2, 4, got 0"):
@@ -51,13 +70,9 @@ def test_exposure_spread_renders_each_copy_at_its_own_brightness(exposure_aware_
     x = torch.rand(1, 3, 16, 24) * 0.3
     unspread = {n: tiny_model.enhance(x, seed=5, ensemble=n, exposure=0.4) for n in (1, 4)}
     tiny_model.config = replace(tiny_model.config, exposure_spread=0.3)
-    steps, eta = tiny_model.config.steps, tiny_model.config.eta
 
     def average_of_copies(exposures):  # copy k mirrored and rendered at exposures[k], seed 5
-        gen = torch.Generator().manual_seed(5)
-        runs = [mirror(tiny_model.sample(mirror(x, k), e_k.reshape(1), steps=steps, eta=eta, generator=gen), k)
-                for k, e_k in enumerate(exposures)]
-        return (sum(runs) / len(runs)).clamp(0, 1)
+        return shared_copies(tiny_model, x, exposures)
 
     for ratios in ([0.7, 0.9, 1.1, 1.3], [0.7, 1.3]):
         out = tiny_model.enhance(x, seed=5, ensemble=len(ratios), exposure=0.4)
