@@ -8,7 +8,7 @@ For each size it writes dark JPEG photos (scikit-image's sample photos, resized 
 Lv et al.'s model at fixed parameters) into a temporary folder and times one
 ``python -m lldiff_cli enhance IN OUT`` over them: start-up, model loading, reading, exposure,
 tiles, mirrored copies, refiner, keeping highlights, writing, all that a user waits for. Each
-command runs in its own process; its peak resident memory (max RSS, from ``wait4``) is its own.
+command runs in its own process, whose peak resident memory (max RSS) is its own (Unix).
 Sizes under a megapixel get ``--small-count`` photos (like LOL's 15 test images), so start-up
 is spread as it is over a folder; the others one photo, start-up included. ``s/MP`` is
 seconds per megapixel of photo; ``x small`` is that over the first size's.
@@ -47,19 +47,27 @@ def dark_photo(name: str, width: int, height: int) -> "PIL.Image.Image":
     return Image.fromarray((dark.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
 
 
+# Runs argv[1:] and prints its peak RSS and exit code. On Linux a process's max RSS includes
+# the pages of the process it was cloned from (the kernel keeps the high-water mark across
+# exec), so the command is started from this small launcher, not from the benchmark, which
+# holds torch and the photos.
+LAUNCHER = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)")
+
+
 def run_command(cmd: list[str]) -> tuple[float, int]:
     """Run ``cmd``; (wall seconds, its peak resident memory in bytes). Raises on failure."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    stderr = proc.stderr.read()
-    proc.stderr.close()
-    code = os.waitstatus_to_exitcode(status)
+    try:
+        maxrss, code = (int(v) for v in done.stdout.split())
+    except ValueError:
+        raise RuntimeError(f"the launcher of {' '.join(cmd)} failed: {done.stderr.strip()[-500:]}") from None
     if code != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {code}: {stderr.strip()[-500:]}")
+        raise RuntimeError(f"{' '.join(cmd)} exited with {code}: {done.stderr.strip()[-500:]}")
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return seconds, usage.ru_maxrss * scale
+    return seconds, maxrss * scale
 
 
 def measure(width: int, height: int, count: int, options: list[str], work: Path) -> dict:
