@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import torch
 
-from lldiff_cli.enhance import EnhanceSettings, check_settings, enhance_image, in_precision
+from lldiff_cli.enhance import EnhanceSettings, enhance_image, in_precision
 from lldiff_cli.errors import ImageReadError, LldiffError
 from lldiff_cli.images import IMAGE_EXTENSIONS, is_image_file, read_image, to_uint8, write_like
 from lldiff_cli.model import load_model, shipped_models
@@ -78,7 +78,7 @@ def enhance_upload(path: Path | str, model, settings: EnhanceSettings, device: t
         if not is_image_file(path):
             raise LldiffError(f"{path.name}: not a photo lldiff reads; it takes {', '.join(IMAGE_EXTENSIONS)}")
         _refuse_large(path.name, _stored_pixels(path), max_pixels)  # before decoding it
-        check_settings(model, settings)
+        settings = settings.resolve(model, device)  # a step count the model lacks: a message
         image = read_image(path)
         height, width = image.size
         _refuse_large(path.name, height * width, max_pixels)
@@ -93,8 +93,7 @@ def enhance_upload(path: Path | str, model, settings: EnhanceSettings, device: t
         return Outcome(None, None, f"{path.name}: out of memory while enhancing it; try a smaller photo")
     seconds = time.perf_counter() - started
     exposure = "auto" if settings.exposure is None else f"{settings.exposure:g}"
-    steps = settings.steps or model.config.steps
-    message = (f"{path.name}: {width}x{height} enhanced in {seconds:.1f} s (exposure {exposure}, {steps} steps, "
+    message = (f"{path.name}: {width}x{height} enhanced in {seconds:.1f} s (exposure {exposure}, {settings.steps} steps, "
                f"seed {settings.seed}); the download is full size, with the photo's metadata")
     return Outcome((preview(image.rgb), preview(out)), target, message)
 

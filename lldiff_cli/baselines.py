@@ -154,14 +154,13 @@ def _model_method(spec: str, device: torch.device | str, precision: str) -> Meth
     shipped = spec in shipped_models() or spec.lower() == "default"
     if not shipped and not Path(spec).is_file():
         raise LldiffError(f"method {spec!r}: no such checkpoint file")
-    from lldiff_cli.device import pick_precision
     from lldiff_cli.enhance import EnhanceSettings, enhance_image, in_precision
     from lldiff_cli.model import load_model
 
     device = torch.device(device)
-    precision = pick_precision(precision, device)
     source = None if spec.lower() == "default" else spec if shipped else Path(spec)
-    net = in_precision(load_model(source, map_location=device).to(device), precision)
-    settings = EnhanceSettings(precision=precision)
+    net = load_model(source, map_location=device).to(device)
+    settings = EnhanceSettings(precision=precision).resolve(net, device)
+    net = in_precision(net, settings.precision)
     name = spec.lower() if shipped else Path(spec).stem
     return Method(name, lambda low: enhance_image(net, low, settings, device))

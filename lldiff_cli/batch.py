@@ -15,8 +15,9 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from enum import Enum
 from pathlib import Path, PurePath
 from typing import Callable, Iterable, Iterator
 
@@ -24,14 +25,43 @@ from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import IMAGE_EXTENSIONS, Image, is_image_file, list_files, read_image
 
 
+class Outcome(Enum):
+    DONE = "done"
+    SKIPPED = "skipped"  # its outputs were all in place
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ItemStatus:
+    """What became of one input of a batch, as ``on_item(rel, status)`` hears it: its outcome,
+    and for a failure the reason (the file's own problem, e.g. "cannot read it: truncated")."""
+
+    outcome: Outcome
+    reason: str = ""
+
+    @classmethod
+    def failure(cls, reason: str) -> "ItemStatus":
+        return cls(Outcome.FAILED, reason)
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome is Outcome.FAILED
+
+
+DONE = ItemStatus(Outcome.DONE)
+SKIPPED = ItemStatus(Outcome.SKIPPED)
+
+
 @dataclass
 class BatchReport:
-    """What a batch did: each input is in exactly one of done / skipped / failed."""
+    """What a batch did: each input is in exactly one of done / skipped / failed; ``left_out``
+    are the files passed over as not images of a supported type (:attr:`Inputs.left_out`)."""
 
     done: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+    left_out: list[Path] = field(default_factory=list)
 
     @property
     def seconds_per_image(self) -> float:
@@ -53,15 +83,6 @@ def list_inputs(in_dir: Path, out_dir: Path, recursive: bool = False) -> list[Pa
     return _outside(list_files(in_dir, recursive)[0], in_dir, out_dir)
 
 
-def unsupported_inputs(in_path: Path, out_dir: Path, recursive: bool = False) -> list[Path]:
-    """The files a command given ``in_path`` leaves out because they are not images of a supported
-    type (GIFs, RAW files, notes), relative to the input folder, for its summary: none when
-    ``in_path`` is one file; as :func:`list_inputs`, nothing hidden and nothing inside ``out_dir``."""
-    if Path(in_path).is_file():
-        return []
-    return _outside(list_files(in_path, recursive)[1], in_path, out_dir)
-
-
 def _outside(rels: list[Path], in_dir: Path, out_dir: Path) -> list[Path]:
     """``rels`` (relative to ``in_dir``) less those inside ``out_dir``."""
     try:
@@ -73,15 +94,31 @@ def _outside(rels: list[Path], in_dir: Path, out_dir: Path) -> list[Path]:
     return [rel for rel in rels if rel.parts[:len(inside.parts)] != inside.parts]
 
 
-def command_inputs(in_path: Path, out_dir: Path, recursive: bool = False) -> tuple[Path, list[Path]]:
-    """A command's input as (folder, images relative to it): a folder's images (:func:`list_inputs`),
-    or one image file given alone (its folder, [its name])."""
+@dataclass(frozen=True)
+class Inputs:
+    """A command's inputs: the ``folder``, its images to process (``files``, relative to it) and
+    the files it passes over as not images of a supported type (``left_out``: GIFs, RAW files,
+    notes), which fail nothing but are named in the summary."""
+
+    folder: Path
+    files: list[Path]
+    left_out: list[Path] = field(default_factory=list)
+
+    def share(self, shard: "Shard") -> "Inputs":
+        """The part of these inputs (files and left-out files) that ``shard`` takes."""
+        return replace(self, files=shard.select(self.files), left_out=shard.select(self.left_out))
+
+
+def command_inputs(in_path: Path, out_dir: Path, recursive: bool = False) -> Inputs:
+    """A command's inputs: a folder's images (:func:`list_inputs`) and the files of other types
+    in it, or one image file given alone (its folder, [its name], none left out)."""
     in_path = Path(in_path)
     if in_path.is_file():
         if not is_image_file(in_path):
             raise LldiffError(f"{in_path} is not an image file; allowed extensions: {', '.join(IMAGE_EXTENSIONS)}")
-        return in_path.parent, [Path(in_path.name)]
-    return in_path, list_inputs(in_path, out_dir, recursive)
+        return Inputs(in_path.parent, [Path(in_path.name)])
+    images, others = list_files(in_path, recursive)  # listed once: nothing hidden, nothing inside out_dir
+    return Inputs(in_path, _outside(images, in_path, out_dir), _outside(others, in_path, out_dir))
 
 
 @dataclass(frozen=True)
@@ -260,7 +297,8 @@ def run_batch(
     process: Callable[[Path, Image], None],
     recorded: Callable[[Path], bool] | None = None,
     overwrite: bool = False,
-    on_item: Callable[[Path, str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_item: Callable[[Path, ItemStatus], None] | None = None,
 ) -> BatchReport:
     """Run ``process(rel, image)`` for every input ``in_dir / rel``.
 
@@ -268,17 +306,19 @@ def run_batch(
     in place (and, when ``recorded`` is given, ``recorded(rel)``: a manifest lists it)
     is skipped without being decoded unless ``overwrite``; one with a folder where an
     output goes fails, before anything of it is written.
-    ``on_item(rel, status)`` is called after each input with "done", "skipped"
-    or "failed: <reason>". Exceptions other than LldiffError (and OSError from
-    writing) propagate: they are bugs, not bad input.
+    ``on_start(len(rels))`` is called first (a progress bar's total); ``on_item(rel, status)``
+    after each input, with its :class:`ItemStatus` (DONE, SKIPPED, or a failure and its reason).
+    Exceptions other than LldiffError (and OSError from writing) propagate: they are bugs, not bad input.
     """
+    if on_start:
+        on_start(len(rels))
     report = BatchReport()
     start = time.perf_counter()
 
     def fail(rel: Path, reason: str) -> None:
         report.failed.append((rel, reason))
         if on_item:
-            on_item(rel, f"failed: {reason}")
+            on_item(rel, ItemStatus.failure(reason))
 
     todo = []
     for rel in rels:
@@ -289,7 +329,7 @@ def run_batch(
         elif not overwrite and all(p.is_file() for p in files) and (recorded is None or recorded(rel)):
             report.skipped.append(rel)
             if on_item:
-                on_item(rel, "skipped")
+                on_item(rel, SKIPPED)
         else:
             todo.append(rel)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lldiff-read") as pool:
@@ -304,6 +344,6 @@ def run_batch(
                 continue
             report.done.append(rel)
             if on_item:
-                on_item(rel, "done")
+                on_item(rel, DONE)
     report.seconds = time.perf_counter() - start
     return report

@@ -62,26 +62,39 @@ def _progress(quiet: bool, *extra):
                     TimeRemainingColumn(), *extra, console=console, disable=quiet)
 
 
+class BatchBar:
+    """A Rich progress bar (count, rate, ETA) for a core batch function: its ``on_start(total)``
+    shows the bar (once the core's checks have passed: a refusal shows none), and the bar is
+    its ``on_item(name, status)``, which names each failure (a batch.ItemStatus) as it happens."""
+
+    def __init__(self, description: str, quiet: bool):
+        self.progress = _progress(quiet)
+        self.description = description
+        self.task = None
+
+    def on_start(self, total: int) -> None:
+        self.task = self.progress.add_task(self.description, total=total, rate="")
+        self.progress.start()
+
+    def __call__(self, name, status) -> None:
+        if status.failed:
+            self.progress.console.print(f"[red]failed[/] {escape(str(name))}: {escape(status.reason)}",
+                                        highlight=False, soft_wrap=True)
+        self.progress.advance(self.task)
+        elapsed = self.progress.tasks[0].elapsed or 0.0
+        done = self.progress.tasks[0].completed
+        self.progress.update(self.task, rate=f"{done / elapsed:.2f} img/s" if elapsed > 0 else "")
+
+
 @contextmanager
-def batch_progress(total: int, description: str, quiet: bool):
-    """A Rich progress bar (count, rate, ETA); yields the ``on_item`` callback for run_batch.
-
-    Failures are printed as they happen, with the file and the reason.
-    """
-    progress = _progress(quiet)
-    task = progress.add_task(description, total=total, rate="")
-
-    def on_item(rel: Path, status: str) -> None:
-        if status.startswith("failed"):
-            progress.console.print(f"[red]failed[/] {escape(str(rel))}: {escape(status.split(': ', 1)[1])}",
-                                   highlight=False, soft_wrap=True)
-        progress.advance(task)
-        elapsed = progress.tasks[0].elapsed or 0.0
-        done = progress.tasks[0].completed
-        progress.update(task, rate=f"{done / elapsed:.2f} img/s" if elapsed > 0 else "")
-
-    with progress:
-        yield on_item
+def batch_progress(description: str, quiet: bool):
+    """Yields a :class:`BatchBar`; the bar, if started, ends with the block."""
+    bar = BatchBar(description, quiet)
+    try:
+        yield bar
+    finally:
+        if bar.task is not None:  # Rich ends even a bar never shown with a blank line
+            bar.progress.stop()
 
 
 def _say_no_images(in_dir: Path, recursive: bool) -> None:
@@ -89,9 +102,10 @@ def _say_no_images(in_dir: Path, recursive: bool) -> None:
                   + ("" if recursive else " (--recursive also looks in sub-folders)"), highlight=False)
 
 
-def report_batch(report, what: str, left_out=()) -> None:
-    """Print the done / skipped / failed summary, and the files ``left_out`` as unsupported
-    (batch.unsupported_inputs), which fail nothing; exit 1 if anything failed."""
+def report_batch(report, what: str) -> None:
+    """Print the done / skipped / failed summary, and the files the batch left out as of an
+    unsupported type (batch.Inputs.left_out), which fail nothing; exit 1 if anything failed."""
+    left_out = report.left_out
     line = (f"{what}: [green]{len(report.done)} done[/], {len(report.skipped)} skipped, "
             f"[{'red' if report.failed else 'green'}]{len(report.failed)} failed[/]")
     if report.done:
@@ -170,44 +184,37 @@ def darken(
 
     with user_errors():
         from lldiff_cli import darken as core
-        from lldiff_cli.batch import command_inputs, unsupported_inputs
 
-        left_out = []
+        if from_manifest is None:
+            lv = core.LvRanges(**{name[2:]: _range(value, name) for name, value in ranges.items() if value is not None})
+            noise_ranges = None
+            if noise:
+                noise_ranges = core.NoiseRanges(**{
+                    key: _range(value, name) for key, name, value in
+                    (("gain", "--gain", gain), ("read_noise", "--read-noise", read_noise)) if value is not None})
+            settings = core.DarkenSettings(
+                mode=mode.value, lv=lv, factor=0.5 if factor is None else factor, progressive=progressive,
+                steps=10 if steps is None else steps, noise=noise_ranges, seed=seed)
         try:
-            if from_manifest is not None:
-                if not in_dir.is_dir():
-                    fail(f"input folder does not exist: {in_dir}")
-                records = core.manifest_records(from_manifest)
-            else:
-                lv = core.LvRanges(**{name[2:]: _range(value, name)
-                                      for name, value in ranges.items() if value is not None})
-                noise_ranges = None
-                if noise:
-                    noise_ranges = core.NoiseRanges(**{
-                        key: _range(value, name) for key, name, value in
-                        (("gain", "--gain", gain), ("read_noise", "--read-noise", read_noise))
-                        if value is not None})
-                settings = core.DarkenSettings(
-                    mode=mode.value, lv=lv, factor=0.5 if factor is None else factor,
-                    progressive=progressive, steps=10 if steps is None else steps,
-                    noise=noise_ranges, seed=seed)
-                left_out = unsupported_inputs(in_dir, out_dir, recursive)
-                in_dir, rels = command_inputs(in_dir, out_dir, recursive)
-                if not rels:
-                    _say_no_images(in_dir, recursive)
-                records = core.plan_records(settings, rels, fmt)
-            core.prepare_dataset(in_dir, out_dir, records)  # refused before the progress bar starts
-            with batch_progress(len(records), "darkening", quiet) as on_item:
-                report = core.write_dataset(in_dir, out_dir, records, overwrite=overwrite,
-                                            on_item=on_item)
+            with batch_progress("darkening", quiet) as bar:
+                if from_manifest is not None:
+                    report = core.rebuild_from_manifest(from_manifest, in_dir, out_dir, overwrite=overwrite,
+                                                        on_start=bar.on_start, on_item=bar)
+                else:
+                    def on_start(total: int) -> None:
+                        if not total:
+                            _say_no_images(in_dir, recursive)
+                        bar.on_start(total)
+
+                    report = core.darken_folder(in_dir, out_dir, settings, recursive=recursive, fmt=fmt,
+                                                overwrite=overwrite, on_start=on_start, on_item=bar)
         except KeyboardInterrupt:
             fail("interrupted; finished images and their manifest records are kept: "
                  "run the same command again to resume", code=130)
     if not quiet:
-        console.print(f"outputs in {escape(str(out_dir))}: low/, high/"
-                      + (", steps/" if any(r["steps"] for r in records) else "")
-                      + f", {core.MANIFEST_NAME}", highlight=False, soft_wrap=True)
-    report_batch(report, "darken", left_out)
+        console.print(f"outputs in {escape(str(out_dir))}: " + "".join(f"{folder}/, " for folder in report.folders)
+                      + core.MANIFEST_NAME, highlight=False, soft_wrap=True)
+    report_batch(report, "darken")
 
 
 app.command("synthesize-dark", short_help="Alias of darken.")(darken)
@@ -242,13 +249,11 @@ def enhance(
 ) -> None:
     """Enhance every image in IN_DIR with a diffusion model; write them to OUT_DIR."""
     with user_errors():
-        from lldiff_cli.device import distributed_env, pick_device, pick_precision, process_device
-        from lldiff_cli.batch import (Shard, command_inputs, prepare_output_dir, ranks_together, refuse_shared_outputs,
-                                      unsupported_inputs)
-        from lldiff_cli.enhance import EnhanceSettings, check_settings, enhance_folder, in_precision
+        from lldiff_cli.batch import Shard, ranks_together
+        from lldiff_cli.device import distributed_env, pick_device, process_device
+        from lldiff_cli.enhance import EnhanceSettings, enhance_folder, in_precision, plan_folder
         from lldiff_cli.errors import LldiffError
-        from lldiff_cli.images import check_format, output_path
-        from lldiff_cli.model import check_ensemble, load_model
+        from lldiff_cli.model import load_model
 
         part = Shard.parse(shard) if shard is not None else None
         rank, world, _ = distributed_env()  # under torchrun: this process's rank of world
@@ -260,39 +265,32 @@ def enhance(
                 raise LldiffError(f"--exposure must be 'auto' or a number in (0, 1), got {exposure!r}") from None
             if not 0 < target < 1:
                 raise LldiffError(f"--exposure must be in (0, 1), got {target}")
-        if ensemble is not None:  # before any file: a bad value would otherwise fail every image
-            check_ensemble(ensemble, "--ensemble")
-        check_format(fmt)  # and before the model loads
+        settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile, overlap=overlap,
+                                   precision=precision, batch_size=batch_size, ensemble=ensemble,
+                                   keep_highlights=keep_highlights)
         dev = process_device(pick_device(device))  # under torchrun, CUDA is cuda:LOCAL_RANK
-        precision = pick_precision(precision, dev)
-        left_out = unsupported_inputs(in_dir, out_dir, recursive)
-        in_dir, files = command_inputs(in_dir, out_dir, recursive)
-        if not files:
-            _say_no_images(in_dir, recursive)
         # Over all the inputs, not this shard's: two parts would otherwise write one file in turn.
-        refuse_shared_outputs(files, lambda rel: output_path(out_dir, rel, fmt))
+        inputs = plan_folder(in_dir, out_dir, recursive=recursive, fmt=fmt)
+        if not inputs.files:
+            _say_no_images(inputs.folder, recursive)
         what = f"enhanced into {out_dir}"
         # torchrun's processes each take their own share of the shard (of all the images without one).
         share = part if world == 1 else (part or Shard(1, 1)).for_rank(rank, world)
         if share is not None:
-            every, files, left_out = files, share.select(files), share.select(left_out)
+            every, inputs = inputs.files, inputs.share(share)
             label = ", ".join([f"shard {part}"] * (part is not None) + [f"rank {rank}/{world}"] * (world > 1))
-            what += f" ({label}: {len(files)} of {len(every)} images)"
+            what += f" ({label}: {len(inputs.files)} of {len(every)} images)"
         try:
             with ranks_together(world) as finish:
-                net = in_precision(load_model(model, map_location=dev).to(dev), precision)
-                settings = EnhanceSettings(steps=steps, eta=eta, seed=seed, exposure=target, tile=tile,
-                                           overlap=overlap, precision=precision, batch_size=batch_size,
-                                           ensemble=ensemble, keep_highlights=keep_highlights)
-                check_settings(net, settings)
-                prepare_output_dir(in_dir, out_dir)  # only now: a model that fails to load leaves no empty folder
+                net = load_model(model, map_location=dev).to(dev)
+                settings = settings.resolve(net, dev)  # every choice and check, once, before any image
+                net = in_precision(net, settings.precision)
                 # One progress bar, rank 0's; each process names its failures and prints its summary.
-                with batch_progress(len(files), "enhance", quiet or rank != 0) as on_item:
-                    report = enhance_folder(net, in_dir, out_dir, device=dev, settings=settings,
-                                            recursive=recursive, fmt=fmt, overwrite=overwrite, on_item=on_item,
-                                            files=files)
+                with batch_progress("enhance", quiet or rank != 0) as bar:
+                    report = enhance_folder(net, inputs, out_dir, device=dev, settings=settings, fmt=fmt,
+                                            overwrite=overwrite, on_start=bar.on_start, on_item=bar)
                 try:
-                    report_batch(report, what, left_out)  # exits 1 when an image failed
+                    report_batch(report, what)  # exits 1 when an image failed
                 finally:  # ... but only once every process has done its share (batch.ranks_together)
                     finish()
         except KeyboardInterrupt:
@@ -306,10 +304,6 @@ _EVAL_COLUMNS = {  # metric -> (header, format); arrows say which way is better
     "psnr_gtmean": ("PSNR GT-mean↑", "{:.2f}"), "ssim_gtmean": ("SSIM GT-mean↑", "{:.4f}"),
     "lpips": ("LPIPS↓", "{:.4f}"), "loe": ("LOE↓", "{:.1f}"), "niqe": ("NIQE↓", "{:.3f}"),
 }
-
-
-def _method_slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 @app.command("eval")
@@ -339,65 +333,24 @@ def eval_command(
     from rich.table import Table
 
     from lldiff_cli import evaluate as ev, metrics as M
-    from lldiff_cli.baselines import make_method
-    from lldiff_cli.batch import make_folder, prepare_output_file
     from lldiff_cli.data import load_dataset
-    from lldiff_cli.device import pick_device, pick_precision
-    from lldiff_cli.images import IMAGE_EXTENSIONS, write_image
+    from lldiff_cli.device import pick_device
 
     with user_errors():
         if split is not None and not dataset:
             fail("--split chooses a part of a --dataset; --low / --high folders have none")
         split = split or "test"
         data = load_dataset(dataset, root=data_root, split=split, low=low, high=high).limit(limit)
-        # Without --method: the shipped model beside the input itself, the floor of every table.
-        chosen = list(methods or ["default", "identity"])
         dev = pick_device(device)
-        precision = pick_precision(precision, dev)
-        built = [make_method(spec, dev, precision) for spec in chosen]
-        names = [m.name for m in built]
-        if len(set(names)) != len(names):
-            fail(f"a method is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
-        weights = []
-        if (not metric_names or "lpips" in metric_names) and data.paired:
-            weights = M.find_lpips_weights(lpips_weights)
-        metric_list = ev.choose_metrics(metric_names, paired=data.paired)
-        lpips_model = M.load_lpips(weights, dev) if weights and "lpips" in metric_list else None
-        on_sheet = set(ev.sheet_names(data.pairs, sheet_images)) if sheet else set()
-        # The outputs are checked now, not refused after a scoring run that may take hours; first
-        # that none would replace an input or a ground truth, or land among them, before any is made.
-        reports = [(f"{option} {path}", path) for option, path in (("--csv", csv_path), ("--json", json_path),
-                                                                  ("--sheet", sheet), ("--save-dir", save_dir)) if path]
-        if save_dir is not None:  # and DIR/METHOD/: a method named like an input folder would write into it
-            reports += [(f"--save-dir {save_dir} (its {_method_slug(n)}/ for method {n})", save_dir / _method_slug(n))
-                        for n in names]
-        ev.refuse_outputs_among_inputs(data, reports)
-        for path in (csv_path, json_path):
-            if path:
-                prepare_output_file(path)
-        if sheet:
-            prepare_output_file(sheet, IMAGE_EXTENSIONS)
-        if save_dir is not None:
-            make_folder(save_dir, f"--save-dir folder {save_dir}")
     for name, reason in data.problems:  # known before scoring: named now, once
         console.print(f"[red]failed[/] {escape(name)}: {escape(reason)}", highlight=False)
-    if not data.pairs:
-        fail(f"no image pairs to score in {data.description}")
-
-    cells: dict[str, dict[str, object]] = {}
-
-    def keep(method: str, pair, low_t, enhanced, high_t) -> None:
-        if save_dir is not None:
-            write_image(save_dir / _method_slug(method) / f"{pair.name}.png", enhanced)
-        if pair.name in on_sheet:
-            row = cells.setdefault(pair.name, {"input": low_t, "ground truth": high_t})
-            row[method] = enhanced
-
-    with user_errors(), batch_progress(len(data.pairs), "eval", quiet) as on_item:
-        result = ev.evaluate(data, built, metrics=metric_list, lpips_model=lpips_model,
-                             device=dev, on_image=keep, on_item=on_item)
-    proto = ev.protocol(data, metric_list, split=split if dataset else None,
-                        lpips_weights=[str(p) for p in weights], device=str(dev), precision=precision)
+    outputs = ev.EvalOutputs(csv=csv_path, json=json_path, sheet=sheet, sheet_images=sheet_images, save_dir=save_dir)
+    with user_errors(), batch_progress("eval", quiet) as bar:
+        # Without --method: the shipped model beside the input itself, the floor of every table.
+        bench = ev.benchmark(data, methods or ["default", "identity"], device=dev, precision=precision,
+                             metrics=metric_names, lpips_weights=lpips_weights, split=split if dataset else None,
+                             outputs=outputs, on_start=bar.on_start, on_item=bar)
+    result, metric_list = bench.result, bench.result.metrics
 
     table = Table()
     table.add_column("method")
@@ -420,31 +373,17 @@ def eval_command(
     notes = [f"PSNR/SSIM on 8-bit RGB, a per-image PSNR capped at {M.PSNR_CAP:g} dB, SSIM with an 11x11 "
              "Gaussian window (sigma 1.5); GT-mean columns rescale each output to the ground truth's mean grey first"
              ] if data.paired else []
-    if "lpips" in metric_list and lpips_model is None:
+    if "lpips" in metric_list and not bench.lpips_weights:
         notes.append(f"LPIPS n/a: no weights (give --lpips-weights or ${M.LPIPS_ENV}; see the README)")
     if "niqe" in metric_list and any(s.means.get("niqe") is None for s in result.summaries):
         notes.append(f"NIQE n/a for images under {2 * M.NIQE_BLOCK} px on a side")
     for note in notes:
         console.print(note, style="dim", highlight=False)
-
-    with user_errors():
-        if csv_path:
-            ev.write_csv(result, csv_path)
-            console.print(f"per-image scores: {csv_path}", highlight=False)
-        if json_path:
-            ev.write_json(result, proto, json_path)
-            console.print(f"summary: {json_path}", highlight=False)
-        if sheet:
-            labels = ["input", *names] + (["ground truth"] if data.paired else [])
-            rows = [(name, [cells[name][label] for label in labels]) for name in sorted(cells)
-                    if all(label in cells[name] for label in labels)]
-            if rows:
-                write_image(sheet, ev.comparison_sheet(rows, labels))
-                console.print(f"comparison sheet: {sheet}", highlight=False)
-            left_out = sorted(on_sheet - {name for name, _ in rows})
-            if left_out:
-                console.print(f"left off the sheet (not scored by every method): {', '.join(left_out)}",
-                              highlight=False)
+    for what, path in bench.written:
+        console.print(f"{what}: {path}", highlight=False)
+    if bench.off_sheet:
+        console.print(f"left off the sheet (not scored by every method): {', '.join(bench.off_sheet)}",
+                      highlight=False)
     if save_dir is not None:
         console.print(f"enhanced images: {save_dir}", highlight=False)
     if result.failures:  # each was named once, before or as it failed

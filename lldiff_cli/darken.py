@@ -34,8 +34,8 @@ from typing import Callable
 import torch
 
 from lldiff_cli.atomic import atomic_write
-from lldiff_cli.batch import (BatchReport, list_inputs, prepare_output_dir, refuse_shared_outputs,
-                             refuse_writing_inputs, run_batch)
+from lldiff_cli.batch import (BatchReport, Inputs, ItemStatus, command_inputs, prepare_output_dir,
+                             refuse_shared_outputs, refuse_writing_inputs, run_batch)
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import Image, check_format, output_path, write_like
 
@@ -503,6 +503,19 @@ def plan_records(settings: DarkenSettings, rels: list[Path], fmt: str | None = N
     return [make_record(settings, rel, output_path(Path(), rel, fmt).suffix) for rel in rels]
 
 
+@dataclass
+class DatasetReport(BatchReport):
+    """A darkened dataset's batch report, and the folders of ``out_dir`` its records fill:
+    low and high, and steps when they are progressive."""
+
+    folders: list[str] = field(default_factory=list)
+
+
+def _require_folder(src_dir: Path) -> None:
+    if not Path(src_dir).is_dir():
+        raise LldiffError(f"input folder does not exist: {src_dir}")
+
+
 def prepare_dataset(src_dir: Path, out_dir: Path, records: list[dict]) -> Path:
     """Check, before any file is written, that ``records`` can be written from ``src_dir`` into
     ``out_dir``, and create it; returns ``out_dir``. Refused: a missing input folder, and any
@@ -510,8 +523,7 @@ def prepare_dataset(src_dir: Path, out_dir: Path, records: list[dict]) -> Path:
     records fill, such as OUT/low or OUT/high, or a record's source that a record writes
     (batch.refuse_writing_inputs); then the checks of batch.prepare_output_dir."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
-    if not src_dir.is_dir():
-        raise LldiffError(f"input folder does not exist: {src_dir}")
+    _require_folder(src_dir)
     outputs = [PurePosixPath(name) for r in records for name in (r["low"], r["high"], *r["steps"])]
     refuse_writing_inputs(src_dir, [src_dir / r["source"] for r in records],
                           [out_dir / name for name in outputs] + [out_dir / MANIFEST_NAME],
@@ -520,13 +532,15 @@ def prepare_dataset(src_dir: Path, out_dir: Path, records: list[dict]) -> Path:
 
 
 def write_dataset(src_dir: Path, out_dir: Path, records: list[dict], *, overwrite: bool = False,
-                  on_item: Callable[[Path, str], None] | None = None) -> BatchReport:
+                  on_start: Callable[[int], None] | None = None,
+                  on_item: Callable[[Path, ItemStatus], None] | None = None) -> DatasetReport:
     """Write each record's files from ``src_dir / record["source"]`` into ``out_dir``.
 
     Checked first by :func:`prepare_dataset`. An input is skipped when its files and its
     manifest record exist (unless ``overwrite``); its record is appended to
     ``out_dir/manifest.jsonl`` only after all its files are in place. Bad inputs (and a
-    folder where an output goes) are reported in the BatchReport.
+    folder where an output goes) are reported in the DatasetReport. ``on_start`` and
+    ``on_item``: see batch.run_batch; ``on_start`` is called once every check has passed.
     """
     src_dir = Path(src_dir)
     out_dir = prepare_dataset(src_dir, out_dir, records)
@@ -545,36 +559,45 @@ def write_dataset(src_dir: Path, out_dir: Path, records: list[dict], *, overwrit
 
         # The record counts as an output: an image whose files exist but whose record
         # does not (run killed in between) is redone.
-        return run_batch(src_dir, list(by_rel), outputs=outputs, process=process,
-                         recorded=lambda rel: manifest.has(by_rel[rel]["source"]),
-                         overwrite=overwrite, on_item=on_item)
+        report = run_batch(src_dir, list(by_rel), outputs=outputs, process=process,
+                           recorded=lambda rel: manifest.has(by_rel[rel]["source"]),
+                           overwrite=overwrite, on_start=on_start, on_item=on_item)
     finally:
         manifest.close()
+    folders = ["low", "high"] + ["steps"] * any(r["steps"] for r in records)
+    return DatasetReport(**vars(report), folders=folders)
 
 
-def darken_folder(in_dir: Path, out_dir: Path, settings: DarkenSettings, *,
+def darken_folder(in_path: Path, out_dir: Path, settings: DarkenSettings, *,
                   rels: list[Path] | None = None, recursive: bool = False,
                   fmt: str | None = None, overwrite: bool = False,
-                  on_item: Callable[[Path, str], None] | None = None) -> BatchReport:
-    """Darken every image of ``in_dir`` into ``out_dir``; returns the batch report.
+                  on_start: Callable[[int], None] | None = None,
+                  on_item: Callable[[Path, ItemStatus], None] | None = None) -> DatasetReport:
+    """Darken every image of ``in_path`` (a folder, or one image) into ``out_dir``; returns the
+    batch report, with the files of other types it left out (batch.command_inputs).
 
     Writes ``low/REL`` (dark), ``high/REL`` (the source as read, in the output format),
     ``steps/REL_DIR/STEM_tNN.EXT`` for t = 1..T when progressive, and ``manifest.jsonl``.
-    16-bit sources stay 16-bit where the format allows; alpha is kept. ``rels`` (from
-    :func:`list_inputs`) saves a second listing when the caller already has one.
+    16-bit sources stay 16-bit where the format allows; alpha is kept. ``rels`` (relative to
+    the folder ``in_path``) darkens those images instead of the folder's. ``on_start`` /
+    ``on_item``: see :func:`write_dataset`.
     """
-    if rels is None:
-        rels = list_inputs(in_dir, out_dir, recursive)
-    records = plan_records(settings, rels, fmt)
-    return write_dataset(in_dir, out_dir, records, overwrite=overwrite, on_item=on_item)
+    inputs = command_inputs(in_path, out_dir, recursive) if rels is None else Inputs(Path(in_path), rels)
+    records = plan_records(settings, inputs.files, fmt)
+    report = write_dataset(inputs.folder, out_dir, records, overwrite=overwrite, on_start=on_start, on_item=on_item)
+    report.left_out = inputs.left_out
+    return report
 
 
 def rebuild_from_manifest(manifest: Path, src_dir: Path, out_dir: Path, *,
                           overwrite: bool = False,
-                          on_item: Callable[[Path, str], None] | None = None) -> BatchReport:
+                          on_start: Callable[[int], None] | None = None,
+                          on_item: Callable[[Path, ItemStatus], None] | None = None) -> DatasetReport:
     """Rebuild the dataset a manifest describes from the same sources, pixel for pixel.
 
     Every record is replayed with its own parameters and seeds (the ranges and the
     options of the first run are not needed); ``out_dir`` gets its own manifest.
     """
-    return write_dataset(src_dir, out_dir, manifest_records(manifest), overwrite=overwrite, on_item=on_item)
+    _require_folder(src_dir)  # before the manifest: the sources are the first thing to check
+    return write_dataset(src_dir, out_dir, manifest_records(manifest), overwrite=overwrite,
+                         on_start=on_start, on_item=on_item)

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from lldiff_cli import metrics as M
+from lldiff_cli.batch import DONE, ItemStatus, make_folder, prepare_output_file
 from lldiff_cli.data import Dataset, Pair, read_pair
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.images import to_uint8
+from lldiff_cli.images import IMAGE_EXTENSIONS, to_uint8, write_image
 
 # Every metric, in table order. Full-reference ones need ground truth.
 METRICS = ("psnr", "ssim", "psnr_gtmean", "ssim_gtmean", "lpips", "loe", "niqe")
@@ -181,13 +182,13 @@ def evaluate(
     lpips_model: M.LPIPS | None = None,
     device: torch.device | str = "cpu",
     on_image: Callable[[str, Pair, torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
-    on_item: Callable[[str, str], None] | None = None,
+    on_item: Callable[[str, ItemStatus], None] | None = None,
 ) -> EvalResult:
     """Run every method (``name``, ``__call__(low) -> enhanced``) over ``dataset``.
 
     ``on_image(method, pair, low, enhanced, high)`` sees each output (tensors 1x3xHxW in
     [0, 1], ``high`` None when unpaired), e.g. to save it; ``on_item(name, status)`` is
-    called once per image with "done" or "failed: <reason>".
+    called once per image with batch.DONE or a failure and its reason (batch.ItemStatus).
     """
     device = torch.device(device)
     metrics = tuple(metrics)
@@ -204,7 +205,7 @@ def evaluate(
             reason = str(exc)
             failures.append((pair.name, reason))
             if on_item:
-                on_item(pair.name, f"failed: {reason}")
+                on_item(pair.name, ItemStatus.failure(reason))
             continue
         low_u8 = to_uint8(low_t)
         high_u8 = to_uint8(high_t) if high_t is not None else None
@@ -230,7 +231,7 @@ def evaluate(
             if on_image:
                 on_image(method.name, pair, low_t, enhanced.detach().cpu(), high_t)
         if on_item:
-            on_item(pair.name, f"failed: {'; '.join(failed)}" if failed else "done")
+            on_item(pair.name, ItemStatus.failure("; ".join(failed)) if failed else DONE)
 
     summaries = []
     for method in methods:
@@ -239,6 +240,115 @@ def evaluate(
         spi = float(np.mean([r.seconds for r in mine])) if mine else 0.0
         summaries.append(MethodSummary(method.name, len(mine), means, spi, peaks[method.name]))
     return EvalResult(rows, summaries, failures, metrics)
+
+
+@dataclass(frozen=True)
+class EvalOutputs:
+    """Where a benchmark's reports go; None: not written."""
+
+    csv: Path | None = None        # per-image scores (write_csv)
+    json: Path | None = None       # the protocol and the means (write_json)
+    sheet: Path | None = None      # a comparison sheet image (comparison_sheet)
+    sheet_images: str = "4"        # its images: a count or names (sheet_names)
+    save_dir: Path | None = None   # enhanced images, as DIR/METHOD/NAME.png (method_slug)
+
+
+@dataclass
+class Benchmark:
+    """What :func:`benchmark` did: the scores, the protocol, the LPIPS weights found (none: LPIPS
+    is n/a), the reports written as (what, path), and the images meant for the sheet that it
+    left off because not every method scored them."""
+
+    result: EvalResult
+    protocol: dict
+    lpips_weights: list[Path]
+    written: list[tuple[str, Path]]
+    off_sheet: list[str]
+
+
+def method_slug(name: str) -> str:
+    """A method's name as a folder name (``--save-dir DIR/METHOD/``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def benchmark(data: Dataset, method_specs: Sequence[str], *, device: torch.device, precision: str = "auto",
+              metrics: Sequence[str] | None = None, lpips_weights: Path | None = None, split: str | None = None,
+              outputs: EvalOutputs = EvalOutputs(),
+              on_start: Callable[[int], None] | None = None,
+              on_item: Callable[[str, ItemStatus], None] | None = None) -> Benchmark:
+    """``lldiff eval``: score the methods ``method_specs`` name (baselines.make_method) on ``data``
+    with one protocol, and write the reports ``outputs`` asks for.
+
+    Refused before any scoring (LldiffError): a method given twice, metrics the data do not
+    allow, LPIPS weights asked for and missing, a report that would replace an input or a
+    ground truth or land among them, or that cannot be written, and a set with no pairs.
+    Then ``on_start(len(data.pairs))``, and ``on_item`` after each image (see :func:`evaluate`).
+    ``split`` (a --dataset's) is recorded in the protocol."""
+    from lldiff_cli.baselines import make_method
+    from lldiff_cli.device import pick_precision
+
+    precision = pick_precision(precision, device)
+    built = [make_method(spec, device, precision) for spec in method_specs]
+    names = [m.name for m in built]
+    if len(set(names)) != len(names):
+        raise LldiffError(f"a method is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    weights = []
+    if (not metrics or "lpips" in metrics) and data.paired:
+        weights = M.find_lpips_weights(lpips_weights)
+    metric_list = choose_metrics(metrics, paired=data.paired)
+    lpips_model = M.load_lpips(weights, device) if weights and "lpips" in metric_list else None
+    on_sheet = set(sheet_names(data.pairs, outputs.sheet_images)) if outputs.sheet else set()
+    # The outputs are checked now, not refused after a scoring run that may take hours; first
+    # that none would replace an input or a ground truth, or land among them, before any is made.
+    reports = [(f"{option} {path}", path) for option, path in (("--csv", outputs.csv), ("--json", outputs.json),
+                                                              ("--sheet", outputs.sheet), ("--save-dir", outputs.save_dir))
+               if path]
+    if outputs.save_dir is not None:  # and DIR/METHOD/: a method named like an input folder would write into it
+        reports += [(f"--save-dir {outputs.save_dir} (its {method_slug(n)}/ for method {n})",
+                     outputs.save_dir / method_slug(n)) for n in names]
+    refuse_outputs_among_inputs(data, reports)
+    for path in (outputs.csv, outputs.json):
+        if path:
+            prepare_output_file(path)
+    if outputs.sheet:
+        prepare_output_file(outputs.sheet, IMAGE_EXTENSIONS)
+    if outputs.save_dir is not None:
+        make_folder(outputs.save_dir, f"--save-dir folder {outputs.save_dir}")
+    if not data.pairs:
+        raise LldiffError(f"no image pairs to score in {data.description}")
+
+    cells: dict[str, dict[str, object]] = {}
+
+    def keep(method: str, pair, low_t, enhanced, high_t) -> None:
+        if outputs.save_dir is not None:
+            write_image(outputs.save_dir / method_slug(method) / f"{pair.name}.png", enhanced)
+        if pair.name in on_sheet:
+            row = cells.setdefault(pair.name, {"input": low_t, "ground truth": high_t})
+            row[method] = enhanced
+
+    if on_start:
+        on_start(len(data.pairs))
+    result = evaluate(data, built, metrics=metric_list, lpips_model=lpips_model, device=device,
+                      on_image=keep, on_item=on_item)
+    proto = protocol(data, metric_list, split=split, lpips_weights=[str(p) for p in weights],
+                     device=str(device), precision=precision)
+    written = []
+    if outputs.csv:
+        write_csv(result, outputs.csv)
+        written.append(("per-image scores", outputs.csv))
+    if outputs.json:
+        write_json(result, proto, outputs.json)
+        written.append(("summary", outputs.json))
+    off_sheet = []
+    if outputs.sheet:
+        labels = ["input", *names] + (["ground truth"] if data.paired else [])
+        rows = [(name, [cells[name][label] for label in labels]) for name in sorted(cells)
+                if all(label in cells[name] for label in labels)]
+        if rows:
+            write_image(outputs.sheet, comparison_sheet(rows, labels))
+            written.append(("comparison sheet", outputs.sheet))
+        off_sheet = sorted(on_sheet - {name for name, _ in rows})
+    return Benchmark(result, proto, weights, written, off_sheet)
 
 
 def refuse_outputs_among_inputs(dataset: Dataset, outputs: Sequence[tuple[str, Path]]) -> None:

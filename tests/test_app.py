@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from lldiff_cli import app as A
 from lldiff_cli.cli import app as cli
-from lldiff_cli.enhance import EnhanceSettings, enhance_folder
+from lldiff_cli.enhance import EnhanceSettings, enhance_folder, plan_folder
 from lldiff_cli.images import read_image
 from conftest import load_script, pil_open
 
@@ -47,7 +47,8 @@ def test_an_upload_is_enhanced_as_lldiff_enhance_writes_it(tmp_path, tiny_model)
     assert result.path == tmp_path / "page" / "night_lldiff.jpg", result.message
     assert result.message.startswith("night.jpg: 160x120 enhanced in") and "exposure 0.3" in result.message
     # The same pixels and metadata as the command line's output, same settings.
-    enhance_folder(tiny_model, tmp_path / "in", tmp_path / "cli", device=CPU, settings=settings)
+    inputs = plan_folder(tmp_path / "in", tmp_path / "cli")
+    enhance_folder(tiny_model, inputs, tmp_path / "cli", device=CPU, settings=settings)
     np.testing.assert_array_equal(np.asarray(pil_open(result.path)), np.asarray(pil_open(tmp_path / "cli" / "night.jpg")))
     assert pil_open(result.path).getexif()[0x0110] == "Test Camera"
     before, after = result.images
