@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 
+from lldiff_cli.checkpoints import load_model
 from lldiff_cli.device import pick_device
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import list_images, read_image
-from lldiff_cli.model import load_model
 
 
 def main() -> None:

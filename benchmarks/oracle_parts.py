@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from lldiff_cli import metrics as M
+from lldiff_cli.checkpoints import load_model
 from lldiff_cli.data import read_pair
 from lldiff_cli.errors import LldiffError, run_script
-from lldiff_cli.model import load_model
 from lldiff_cli.tiling import pad_to_multiple, unpad
 
 import pairs as pairs_options  # benchmarks/pairs.py, beside this script

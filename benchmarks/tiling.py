@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from lldiff_cli import metrics as M
+from lldiff_cli.checkpoints import load_model
 from lldiff_cli.data import read_pair
 from lldiff_cli.errors import run_script
-from lldiff_cli.model import load_model
 from lldiff_cli.tiling import enhance_tensor
 
 

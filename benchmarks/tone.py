@@ -248,11 +248,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from lldiff_cli.baselines import make_method
+    from lldiff_cli.checkpoints import load_model
     from lldiff_cli.device import pick_precision
     from lldiff_cli.enhance import EnhanceSettings, enhance_image
     from lldiff_cli.evaluate import comparison_sheet
     from lldiff_cli.images import write_image
-    from lldiff_cli.model import load_model
 
     scenes = check_set(args.photos, args.per_situation, args.seed)
     device = torch.device("cpu")

@@ -23,10 +23,10 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import torch
 
+from lldiff_cli.checkpoints import load_model, shipped_models
 from lldiff_cli.enhance import EnhanceSettings, enhance_image, in_precision
 from lldiff_cli.errors import ImageReadError, LldiffError
 from lldiff_cli.images import IMAGE_EXTENSIONS, is_image_file, read_image, to_uint8, write_like
-from lldiff_cli.model import load_model, shipped_models
 
 GRADIO_HINT = 'lldiff app needs its extra: pip install "lldiff[app]"'
 # The page shows the before / after pair at most this many pixels a side (a 24-megapixel photo

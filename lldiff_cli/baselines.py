@@ -25,8 +25,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lldiff_cli.checkpoints import MODEL_SUFFIXES, shipped_models
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.model import MODEL_SUFFIXES, shipped_models
 
 BASELINES = ("identity", "gamma:G", "clahe", "he", "msrcr")
 
@@ -148,14 +148,14 @@ def make_method(spec: str, device: torch.device | str = "cpu", precision: str = 
 
 
 def _model_method(spec: str, device: torch.device | str, precision: str) -> Method:
-    """The diffusion model (``lldiff_cli.model.load_model``), run as ``lldiff enhance`` runs it:
+    """The diffusion model (``lldiff_cli.checkpoints.load_model``), run as ``lldiff enhance`` runs it:
     padded or tiled by ``enhance.enhance_image``, the model's own steps, eta, exposure
     estimate and keep_highlights (its card's), seed 0, so a score is reproducible."""
     shipped = spec in shipped_models() or spec.lower() == "default"
     if not shipped and not Path(spec).is_file():
         raise LldiffError(f"method {spec!r}: no such checkpoint file")
+    from lldiff_cli.checkpoints import load_model
     from lldiff_cli.enhance import EnhanceSettings, enhance_image, in_precision
-    from lldiff_cli.model import load_model
 
     device = torch.device(device)
     source = None if spec.lower() == "default" else spec if shipped else Path(spec)

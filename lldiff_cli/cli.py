@@ -253,7 +253,7 @@ def enhance(
         from lldiff_cli.device import distributed_env, pick_device, process_device
         from lldiff_cli.enhance import EnhanceSettings, enhance_folder, in_precision, plan_folder
         from lldiff_cli.errors import LldiffError
-        from lldiff_cli.model import load_model
+        from lldiff_cli.checkpoints import load_model
 
         part = Shard.parse(shard) if shard is not None else None
         rank, world, _ = distributed_env()  # under torchrun: this process's rank of world
@@ -409,15 +409,16 @@ def train(
     One run at a time in an out_dir; a new run needs one without another run's files.
     Several GPUs: torchrun --nproc_per_node N -m lldiff_cli train -c CONFIG.yaml
     """
-    import json
-    import signal
     from contextlib import nullcontext
 
     with user_errors():
         from lldiff_cli.config import load_config
         from lldiff_cli.device import distributed_env, pick_device
-        from lldiff_cli.train import (TrainConfig, check_config, check_out_dir, hold_out_dir,
-                                      load_training_data, start_run, train as run_training)
+        from lldiff_cli.interrupt import StopOnInterrupt
+        from lldiff_cli.run_dir import check_out_dir, hold_out_dir, start_run
+        from lldiff_cli.train import train as run_training
+        from lldiff_cli.train_config import TrainConfig, check_config
+        from lldiff_cli.train_data import load_training_data
 
         cfg = load_config(TrainConfig, config, overrides or [])
         check_config(cfg, resume)
@@ -426,7 +427,7 @@ def train(
         is_main = distributed_env()[0] == 0  # under torchrun only rank 0 writes and reports
         quiet = quiet or not is_main
     # Rank 0 holds out_dir from here to the end: no other run writes there, and if this one fails
-    # before its first step, what it wrote there goes (train.hold_out_dir).
+    # before its first step, what it wrote there goes (run_dir.hold_out_dir).
     with user_errors(), hold_out_dir(cfg, resume) if is_main else nullcontext():
         data = load_training_data(cfg)
         if is_main:
@@ -457,11 +458,7 @@ def train(
             if speed:
                 progress.update(task, rate=f"{speed:.2f} it/s" if speed >= 1 else f"{1 / speed:.1f} s/it")
 
-        log_file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if is_main else None
-
-        def on_log(record: dict) -> None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+        def on_log(record: dict) -> None:  # run_training has written it to log.jsonl
             if "init" in record:
                 fresh = record["fresh"]
                 line = (f"initialised from {record['init']}: {record['copied']} tensors copied, {len(fresh)} new"
@@ -477,32 +474,21 @@ def train(
             if not quiet:
                 progress.console.print(line, highlight=False, soft_wrap=True)
 
-        stop = {"now": False}
-
-        def on_interrupt(*_):
-            if stop["now"]:  # a second Ctrl-C: stop at once
-                raise KeyboardInterrupt
-            stop["now"] = True
+        def on_interrupt() -> None:
             if not quiet:
                 progress.console.print("stopping after this step (Ctrl-C again to quit without saving)", highlight=False)
 
-        previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
-            with user_errors(), progress:
-                result = run_training(cfg, data, device=dev, resume=resume, on_log=on_log, on_step=on_step,
-                                      stop=lambda: stop["now"])
+            with user_errors(), progress, StopOnInterrupt(on_interrupt) as stop:
+                result = run_training(cfg, data, device=dev, resume=resume, on_log=on_log, on_step=on_step, stop=stop)
         except KeyboardInterrupt:
             fail("interrupted; the last saved checkpoint is kept: continue with --resume", code=130)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            if log_file:
-                log_file.close()
         if is_main:
             best = (f"best validation PSNR {result['best_psnr']:.2f} dB" if result["best_psnr"] >= 0
                     else "not validated yet" if data.val_pairs else "no validation (no held-out images)")
-            console.print(f"{'interrupted' if stop['now'] else 'stopped'} at step {result['step']}; {best}; "
+            console.print(f"{'interrupted' if stop.requested else 'stopped'} at step {result['step']}; {best}; "
                           f"checkpoints, curve.png and log.jsonl in {escape(str(out_dir))}", highlight=False, soft_wrap=True)
-        if stop["now"]:
+        if stop.requested:
             if is_main:
                 console.print("continue with the same command and --resume", highlight=False)
             raise typer.Exit(130)

@@ -51,14 +51,15 @@ import yaml
 from lldiff_cli import metrics as M
 from lldiff_cli.calibrate import fit_exposure
 from lldiff_cli.atomic import atomic_write
+from lldiff_cli.checkpoints import (DEFAULT_MODEL_NAME, SAMPLER_KEYS, load_checkpoint, model_from_checkpoint,
+                                    save_checkpoint, sha256_of)
 from lldiff_cli.data import layout_dirs
 from lldiff_cli.data import run_pairs as data_run_pairs
 from lldiff_cli.device import pick_precision
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
-from lldiff_cli.model import (DEFAULT_MODEL_NAME, SAMPLER_KEYS, WaveletDiffusion, load_checkpoint,
-                               model_from_checkpoint, save_checkpoint, sha256_of)
+from lldiff_cli.model import WaveletDiffusion
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("singles", "blocks")  # --on's held-out parts, named as data.run_split names them
@@ -335,7 +336,7 @@ def ship(args: argparse.Namespace, payload: dict, model: WaveletDiffusion, resul
     The card's ``validation`` holds the figures on every held-out pair; ``evaluation`` lists them
     per held-out part of the run's split (blocks: new scenes; singles: LOL's own protocol)."""
     name = args.name
-    short = name.removeprefix("lldiff-")  # --model's name for it (model.resolve_model)
+    short = name.removeprefix("lldiff-")  # --model's name for it (checkpoints.resolve_model)
     weights = models / f"{name}.pt"
     card_path = models / f"{name}.yaml"
     # Read before it is replaced: a run grown from the shipped weights inherits their stages.

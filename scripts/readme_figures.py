@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from lldiff_cli.atomic import atomic_write
+from lldiff_cli.checkpoints import load_model
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.evaluate import comparison_sheet
 from lldiff_cli.images import list_images, read_image, to_uint8
-from lldiff_cli.model import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 KNOB_IMAGES = ("hubble_deep_field", "rocket", "coffee")

@@ -61,7 +61,7 @@ def test_checkpoint_path_must_exist(tmp_path):
 
 
 def test_a_model_plugs_in_through_load_model(monkeypatch, tmp_path):
-    from lldiff_cli import model as real_model
+    from lldiff_cli import checkpoints
 
     calls = {}
 
@@ -80,7 +80,7 @@ def test_a_model_plugs_in_through_load_model(monkeypatch, tmp_path):
         calls["path"], calls["device"] = path, map_location
         return FakeModel()
 
-    monkeypatch.setattr(real_model, "load_model", load_model)
+    monkeypatch.setattr(checkpoints, "load_model", load_model)
     ckpt = tmp_path / "run7.pt"
     ckpt.write_bytes(b"")
     m = B.make_method(str(ckpt), device="cpu")

@@ -14,10 +14,11 @@ import torch
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
+from lldiff_cli.checkpoints import save_checkpoint
 from lldiff_cli.cli import app
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.images import read_image
-from lldiff_cli.model import WaveletDiffusion, save_checkpoint
+from lldiff_cli.model import WaveletDiffusion
 from tests.conftest import tiny_config
 from conftest import pil_open
 

@@ -115,7 +115,8 @@ def test_eval_scores_good_images_and_names_the_bad_ones(tmp_path):
 def test_eval_of_a_clean_set_exits_0_and_scores_the_default_model_and_identity(tmp_path, monkeypatch):
     import torch
 
-    from lldiff_cli.model import DEFAULT_MODEL_NAME, WaveletDiffusion, save_checkpoint, sha256_of
+    from lldiff_cli.checkpoints import DEFAULT_MODEL_NAME, save_checkpoint, sha256_of
+    from lldiff_cli.model import WaveletDiffusion
     from tests.conftest import tiny_config
 
     models = tmp_path / "models"
@@ -227,7 +228,8 @@ def test_eval_scores_a_checkpoint_beside_the_baselines(tmp_path):
     import torch
 
     from tests.conftest import tiny_config
-    from lldiff_cli.model import WaveletDiffusion, save_checkpoint
+    from lldiff_cli.checkpoints import save_checkpoint
+    from lldiff_cli.model import WaveletDiffusion
 
     root = lol_tree(tmp_path / "data", bad=False)
     torch.manual_seed(0)
@@ -258,7 +260,8 @@ def test_eval_never_writes_a_report_among_its_inputs(tmp_path, option, target):
     if target == ".":
         import torch
 
-        from lldiff_cli.model import WaveletDiffusion, save_checkpoint
+        from lldiff_cli.checkpoints import save_checkpoint
+        from lldiff_cli.model import WaveletDiffusion
         from tests.conftest import tiny_config
 
         torch.manual_seed(0)
@@ -312,8 +315,9 @@ def test_eval_report_lines_are_not_wrapped_when_not_a_terminal(tmp_path, monkeyp
 def test_a_shipped_model_is_named_by_its_short_name(tmp_path, monkeypatch):
     import torch
 
+    from lldiff_cli.checkpoints import resolve_model, save_checkpoint, sha256_of
     from lldiff_cli.errors import LldiffError
-    from lldiff_cli.model import WaveletDiffusion, resolve_model, save_checkpoint, sha256_of
+    from lldiff_cli.model import WaveletDiffusion
     from tests.conftest import tiny_config
 
     models = tmp_path / "models"

@@ -15,8 +15,8 @@ import yaml
 from test_train import TINY_YAML, make_paired, make_photos
 from typer.testing import CliRunner
 
+from lldiff_cli.checkpoints import load_checkpoint, model_from_checkpoint
 from lldiff_cli.cli import app
-from lldiff_cli.model import load_checkpoint, model_from_checkpoint
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 from conftest import load_script, make_run_folder
 
-from lldiff_cli.model import save_checkpoint
+from lldiff_cli.checkpoints import save_checkpoint
 
 default_model = load_script("scripts/default_model.py")
 NAMES = ["1", "2", "3", "4", "5"]
@@ -54,7 +54,7 @@ def test_ship_refuses_training_pairs_and_bad_values_are_one_line(monkeypatch, ca
 
 
 def test_ship_writes_the_weights_and_a_card_that_describes_them(tmp_path, capsys, run):
-    from lldiff_cli.model import load_model, sha256_of
+    from lldiff_cli.checkpoints import load_model, sha256_of
 
     models = tmp_path / "models"
     argv = ["ship", str(run), "--steps", "1", "--ensemble", "1", "--exposure-prior", "0.4", "--wall-hours", "0.1",
@@ -112,8 +112,9 @@ def test_merge_takes_each_module_from_its_mix_and_writes_a_checkpoint(monkeypatc
     import torch
     from conftest import tiny_config
 
+    from lldiff_cli.checkpoints import load_checkpoint, model_from_checkpoint
     from lldiff_cli.errors import LldiffError
-    from lldiff_cli.model import WaveletDiffusion, load_checkpoint, model_from_checkpoint
+    from lldiff_cli.model import WaveletDiffusion
 
     tuned = model_from_checkpoint(load_checkpoint(run / "best.pt"))
     torch.manual_seed(1)
@@ -143,7 +144,7 @@ def test_merge_takes_each_module_from_its_mix_and_writes_a_checkpoint(monkeypatc
 
 
 def test_calibrate_with_a_grid_swaps_in_a_grid_estimator_and_keeps_the_rest(monkeypatch, capsys, run):
-    from lldiff_cli.model import load_checkpoint, model_from_checkpoint
+    from lldiff_cli.checkpoints import load_checkpoint, model_from_checkpoint
 
     monkeypatch.setattr(sys, "argv", ["default_model.py", "calibrate", str(run), "--grid", "2x3",
                                       "--iterations", "5", "--jitter", "0.1"])

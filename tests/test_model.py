@@ -3,9 +3,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from lldiff_cli.checkpoints import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint, sha256_of
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.model import (WaveletDiffusion, load_checkpoint, load_model, mirror, model_from_checkpoint,
-                              save_checkpoint, sha256_of)
+from lldiff_cli.model import WaveletDiffusion, mirror
 from tests.conftest import tiny_config
 
 

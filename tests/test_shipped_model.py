@@ -11,8 +11,8 @@ import yaml
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
+from lldiff_cli.checkpoints import DEFAULT_MODEL_NAME, load_model
 from lldiff_cli.cli import app
-from lldiff_cli.model import DEFAULT_MODEL_NAME, load_model
 from conftest import pil_open
 
 MODELS = Path(__file__).resolve().parent.parent / "models"

@@ -10,10 +10,11 @@ from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from lldiff_cli import tone
+from lldiff_cli.checkpoints import load_model, save_checkpoint, sha256_of
 from lldiff_cli.cli import app
 from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.model import WaveletDiffusion, load_model, save_checkpoint, sha256_of
+from lldiff_cli.model import WaveletDiffusion
 from lldiff_cli.tiling import enhance_tensor
 from conftest import pil_open, tiny_config
 

@@ -13,11 +13,15 @@ import torch
 from PIL import Image as PILImage
 from conftest import load_script, pil_open
 
+from lldiff_cli.checkpoints import load_checkpoint
 from lldiff_cli.config import load_config
 from lldiff_cli.errors import LldiffError
-from lldiff_cli.model import WaveletDiffusion, load_checkpoint
-from lldiff_cli.train import (LossStep, TrainConfig, TrainData, check_config, get_lr, load_training_data,
-                              make_batch, prefetch, sampled_image, train, write_curve)
+from lldiff_cli.curve import write_curve
+from lldiff_cli.losses import LossStep, sampled_image
+from lldiff_cli.model import WaveletDiffusion
+from lldiff_cli.train import get_lr, train
+from lldiff_cli.train_config import TrainConfig, check_config
+from lldiff_cli.train_data import TrainData, load_training_data, make_batch, prefetch
 
 TINY_YAML = Path(__file__).resolve().parent.parent / "lldiff_cli" / "configs" / "tiny.yaml"
 
@@ -165,16 +169,16 @@ def test_mixing_pairs_and_photos(tmp_path, monkeypatch):
     assert any(not name.startswith("photos/") for name in data.val_names)
     low, _ = make_batch(data, cfg.data, 0, 0)
     assert low.shape == (8, 3, 32, 32)
-    import lldiff_cli.train as train_mod
+    import lldiff_cli.train_data as train_data
 
     darkened = []  # how many of each batch are photos darkened on the fly: a quarter on average
-    real_random_pair = train_mod.random_pair
+    real_random_pair = train_data.random_pair
 
     def counting(high, *args, **kwargs):
         darkened.append(len(high))
         return real_random_pair(high, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "random_pair", counting)
+    monkeypatch.setattr(train_data, "random_pair", counting)
     for step in range(200):
         make_batch(data, cfg.data, 0, step)
     assert abs(sum(darkened) / (8 * 200) - 0.25) < 0.03
@@ -304,7 +308,7 @@ def test_out_dir_guards(tmp_path):
 
 def test_a_run_holds_its_out_dir(tmp_path):
     from lldiff_cli.lock import hold
-    from lldiff_cli.train import hold_out_dir
+    from lldiff_cli.run_dir import hold_out_dir
 
     cfg = tiny_cfg(tmp_path, "optim.max_steps=1")
     data = load_training_data(cfg)
@@ -335,6 +339,10 @@ def test_logs_validation_curve_and_best_checkpoint(tmp_path):
     assert result["best_psnr"] > 0
     run = tmp_path / "run"
     assert (run / "best.pt").is_file()
+    # train() writes log.jsonl itself (rank 0), each record before on_log gets it
+    import json
+
+    assert [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] == records
     with PILImage.open(run / "curve.png") as im:
         assert im.format == "PNG" and im.size == (720, 520)
 
@@ -373,7 +381,7 @@ def test_validation_reports_pairs_and_darkened_photos_apart():
 def test_single_pairs_are_held_out_beside_the_blocks(tmp_path):
     import json
 
-    from lldiff_cli.train import start_run
+    from lldiff_cli.run_dir import start_run
 
     lolv2_real_tree(tmp_path / "root", n=8)
     cfg = tiny_cfg(tmp_path, "data.layout=LOLv2-real", f"data.root={tmp_path / 'root'}", "data.photos=null",
