@@ -19,7 +19,7 @@ from lldiff_cli.device import pick_precision
 from lldiff_cli.images import Image, check_format, output_path, write_like
 from lldiff_cli.model import check_ensemble
 from lldiff_cli.tiling import DEFAULT_OVERLAP, enhance_tensor
-from lldiff_cli.tone import keep_highlights
+from lldiff_cli.tone import keep_highlights, shown_exposure
 
 
 @dataclass
@@ -87,7 +87,8 @@ def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device:
 
     The target exposure is decided here, once per image, by one rule whatever its size:
     ``settings.exposure``, else ``model.auto_exposure`` (on a copy at most 600 pixels a side,
-    what calibrate.fit_exposure fits); tiles then get their shares of it. ``on_tile(done,
+    what calibrate.fit_exposure fits), raised by tone.shown_exposure when highlights are kept;
+    tiles then get their shares of it. ``on_tile(done,
     total)`` reports progress (see tiling.enhance_tensor)."""
     settings = settings.resolve(model, device)
     x = image.to(device)
@@ -97,6 +98,8 @@ def enhance_image(model, image: torch.Tensor, settings: EnhanceSettings, device:
         exposure = settings.exposure
         if exposure is None and hasattr(model, "auto_exposure"):
             exposure = float(model.auto_exposure(x))
+            if settings.keep_highlights:  # the model's part is shown only where the input is dark
+                exposure = shown_exposure(x, exposure)
         out = enhance_tensor(model, x, tile=settings.tile, overlap=settings.overlap,
                              max_pixels=settings.max_pixels, exposure=exposure, batch_size=settings.batch_size,
                              steps=settings.steps, eta=settings.eta, seed=settings.seed, ensemble=settings.ensemble,

@@ -212,3 +212,48 @@ def test_the_check_set_scenes_are_deterministic_and_keep_their_bright_parts():
     assert tone.grey(bench.make_scene(photo, "plain", seed=7)).mean() < 0.15
     with pytest.raises(ValueError, match="unknown situation"):
         bench.make_scene(photo, "dusk", seed=7)
+
+
+# --- the target when highlights are kept -------------------------------------------------------
+
+
+def test_kept_highlights_raise_the_target_for_the_part_shown():
+    """exposure * (m / m_shown) ** TILE_EXPOSURE_POWER: the model renders the dark half as if it
+    were the whole image; nothing kept, or a shown part as bright as the whole, changes nothing."""
+    from lldiff_cli.tiling import TILE_EXPOSURE_POWER
+
+    x = bright_scene(96, 128)
+    y = tone.grey(x)
+    m, m_dark = float(y.mean()), float(y[..., : 128 // 2].mean())
+    expected = 0.1 * (m / m_dark) ** TILE_EXPOSURE_POWER
+    assert 0.3 < expected < tone.SHOWN_CAP
+    assert tone.shown_exposure(x, 0.1) == pytest.approx(expected, rel=0.1)  # w blurs the edge a little
+    assert tone.shown_exposure(x, 0.44) == tone.SHOWN_CAP
+    dark = torch.rand(1, 3, 60, 80, generator=torch.Generator().manual_seed(1)) * 0.2
+    assert tone.shown_exposure(dark, 0.44) == 0.44
+    assert tone.shown_exposure(torch.full((1, 3, 60, 80), 0.9), 0.44) == 0.44  # all kept: nothing shown
+    assert tone.shown_exposure(x, 0.8) == 0.8  # never below the target asked for
+
+
+class Recording(Brighten):
+    """Brighten with an auto exposure of 0.1, recording the targets it is asked for."""
+
+    def __init__(self):
+        self.asked = []
+
+    def auto_exposure(self, image):
+        return torch.tensor([0.1])
+
+    def enhance(self, x, exposure=None, **kwargs):
+        self.asked.append(float(exposure))
+        return super().enhance(x)
+
+
+@pytest.mark.parametrize("keep, given", [(True, None), (False, None), (True, 0.3)])
+def test_only_auto_exposure_with_highlights_kept_is_raised(keep, given):
+    x = bright_scene(96, 128)
+    model = Recording()
+    enhance_image(model, x, EnhanceSettings(precision="float32", keep_highlights=keep, exposure=given),
+                  torch.device("cpu"))
+    want = tone.shown_exposure(x, 0.1) if keep and given is None else (given or 0.1)
+    assert model.asked == [pytest.approx(want)] and (want > 0.3) == (keep and given is None)
