@@ -100,8 +100,6 @@ def _train(cfg, data, device, rank, world, resume, run, log, on_step, stop) -> d
         torch.set_flush_denormal(True)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = WaveletDiffusion(cfg.model).to(device)
-    if cfg.channels_last:  # the convolutions then keep that layout; weights load and save as usual
-        model = model.to(memory_format=torch.channels_last)
     init_record = None
     if cfg.init and not resume:  # a resumed run has its own weights
         copied, fresh = initialise_from(model, Path(cfg.init))

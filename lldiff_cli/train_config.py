@@ -111,7 +111,6 @@ class TrainConfig:
     bf16: bool = False             # CPU autocast to bfloat16
     amp: bool = True               # CUDA autocast to float16 with a GradScaler
     compile: bool = False          # torch.compile the UNet (in place: checkpoints keep their keys)
-    channels_last: bool = False    # weights channels-last (oneDNN's / cuDNN's layout): 0.464 -> 0.420 s a step on 2 CPU cores
     threads: int = 0               # torch threads on the CPU; 0 leaves PyTorch's choice
     init: str = ""                 # a checkpoint (.pt) whose weights (EMA) start a new run where names and shapes match
     train_only: list[str] = field(default_factory=list)  # parameter name prefixes to train, e.g. [hfrms]; []: all
