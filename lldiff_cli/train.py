@@ -195,7 +195,7 @@ def _train(cfg, data, device, rank, world, resume, run, log, on_step, stop) -> d
                 history.append({"step": step, "loss": means["loss"]})
                 log(last)
             if data.val_pairs and (step % cfg.val_every == 0 or step == cfg.optim.max_steps):
-                scores = validate(cfg.model, ema.state, data.val_pairs, device, limit=cfg.val_images)
+                scores, gtmean = validate(cfg.model, ema.state, data.val_pairs, device, limit=cfg.val_images)
                 psnr = sum(scores) / len(scores)
                 history.append({"step": step, "val_psnr": psnr})
                 last = {**last, "step": step, "val_psnr": psnr}
@@ -204,7 +204,9 @@ def _train(cfg, data, device, rank, world, resume, run, log, on_step, stop) -> d
                     checkpoint("best.pt")
                 write_curve(history, out / "curve.png")
                 log({"step": step, "val_psnr": psnr, "best_psnr": best_psnr,
-                     **val_groups(data.val_names, scores, data.val_singles)})
+                     **val_groups(data.val_names, scores, data.val_singles),
+                     "val_psnr_gtmean": sum(gtmean) / len(gtmean),
+                     **val_groups(data.val_names, gtmean, data.val_singles, "val_psnr_gtmean")})
             if step % cfg.ckpt_every == 0:
                 checkpoint("last.pt")
     finally:
@@ -238,26 +240,31 @@ def _resume(path: Path, model_cfg: ModelConfig, model: nn.Module, ema: EMA, opt,
 
 
 @torch.no_grad()
-def validate(model_cfg: ModelConfig, state: dict, pairs, device: torch.device, limit: int = 0) -> list[float]:
-    """PSNR (8-bit RGB) of the EMA model, default sampler settings, on each held-out pair."""
+def validate(model_cfg: ModelConfig, state: dict, pairs, device: torch.device,
+             limit: int = 0) -> tuple[list[float], list[float]]:
+    """PSNR (8-bit RGB) of the EMA model, default sampler settings, on each held-out pair, and
+    its GT-mean PSNR (metrics.psnr_gtmean: the structure, whatever the brightness chosen)."""
     from lldiff_cli.enhance import EnhanceSettings, enhance_image
-    from lldiff_cli.metrics import psnr
+    from lldiff_cli.metrics import psnr, psnr_gtmean
 
     model = WaveletDiffusion(model_cfg).to(device)
     model.load_state_dict(state, strict=True)
     model.eval()
     settings = EnhanceSettings(precision="float32", keep_highlights=False)
-    scores = []
+    scores, gtmean = [], []
     for low, high in pairs[: limit or None]:
-        out = enhance_image(model, low[None].float().div(255), settings, device)
-        scores.append(psnr(out.cpu(), high[None].float().div(255)))
-    return scores
+        out = enhance_image(model, low[None].float().div(255), settings, device).cpu()
+        target = high[None].float().div(255)
+        scores.append(psnr(out, target))
+        gtmean.append(psnr_gtmean(out, target))
+    return scores, gtmean
 
 
-def val_groups(names: list[str], scores: list[float], singles: Iterable[str] = ()) -> dict:
-    """Mean PSNR of each kind of held-out image when there are several (``val_psnr`` mixes them):
+def val_groups(names: list[str], scores: list[float], singles: Iterable[str] = (), key: str = "val_psnr") -> dict:
+    """Mean score of each kind of held-out image when there are several (``val_psnr`` mixes them):
     real pairs held out in blocks ("pairs": new scenes), single pairs ("singles": scenes seen in
-    training, LOL's protocol) and darkened photos ("photos"), as {"val_psnr_pairs": ..., ...}, else {}."""
+    training, LOL's protocol) and darkened photos ("photos"), as {"val_psnr_pairs": ..., ...}
+    (``key`` names them), else {}."""
     singles = set(singles)
     groups: dict[str, list[float]] = {}
     for name, score in zip(names, scores):
@@ -265,6 +272,6 @@ def val_groups(names: list[str], scores: list[float], singles: Iterable[str] = (
         groups.setdefault(kind, []).append(score)
     if len(groups) < 2:
         return {}
-    return {f"val_psnr_{k}": sum(v) / len(v) for k, v in sorted(groups.items())}
+    return {f"{key}_{k}": sum(v) / len(v) for k, v in sorted(groups.items())}
 
 

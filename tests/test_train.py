@@ -336,6 +336,8 @@ def test_logs_validation_curve_and_best_checkpoint(tmp_path):
     assert [r["step"] for r in losses] == [2, 4, 6]
     assert {"noise", "x0", "anchor", "exposure", "detail", "tv", "content", "dfpl", "it_s", "lr"} <= losses[0].keys()
     assert [r["step"] for r in records if "val_psnr" in r] == [3, 6]
+    # GT-mean PSNR beside it: the structure, whatever brightness the model chose (rarely below plain)
+    assert all(r["val_psnr_gtmean"] >= r["val_psnr"] - 0.5 for r in records if "val_psnr" in r)
     assert result["best_psnr"] > 0
     run = tmp_path / "run"
     assert (run / "best.pt").is_file()
@@ -354,7 +356,8 @@ def test_best_pt_holds_the_best_validation_and_validation_uses_the_ema_weights(t
 
     def fake_validate(model_cfg, state, pairs, device, limit=0):
         seen.append({k: v.clone() for k, v in state.items()})
-        return next(scores)
+        psnrs = next(scores)
+        return psnrs, [p + 5 for p in psnrs]
 
     monkeypatch.setattr(train_mod, "validate", fake_validate)
     cfg = tiny_cfg(tmp_path)
