@@ -26,17 +26,14 @@ from lldiff_cli.data import run_pairs
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
 from lldiff_cli.metrics import psnr
+from lldiff_cli.model import decompose
 from lldiff_cli.networks.exposure import ExposureNet
-from lldiff_cli.wavelet import dwt2
 
 
 def low_band(image: torch.Tensor, levels: int = 2) -> torch.Tensor:
     """The band the model's estimator reads: 1x3xHxW in [0, 1] -> the level-``levels`` Haar low
-    band of 2 * image - 1, scaled back to [-1, 1] (WaveletDiffusion.decompose's first output)."""
-    x = image * 2 - 1
-    for _ in range(levels):
-        x = dwt2(x)[0]
-    return x / 2 ** levels
+    band scaled to [-1, 1] (model.decompose's first output)."""
+    return decompose(image, levels)[0]
 
 
 def load_part(run: Path, part: str | None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:

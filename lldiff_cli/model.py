@@ -103,6 +103,19 @@ class ModelConfig:
         return self
 
 
+def decompose(image: torch.Tensor, levels: int):
+    """[0, 1] image -> (lowest band scaled to [-1, 1], [LL_k / 2**k for k < levels], [high_1..high_levels]):
+    the ``levels``-level Haar pyramid of 2 * image - 1 that the model works on."""
+    x = image * 2 - 1
+    lls, highs = [x], []
+    for _ in range(levels):
+        ll, high = dwt2(lls[-1])
+        lls.append(ll)
+        highs.append(high)
+    scaled = [ll / (2 ** k) for k, ll in enumerate(lls)]
+    return scaled[-1], scaled, highs
+
+
 class WaveletDiffusion(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -138,14 +151,7 @@ class WaveletDiffusion(nn.Module):
 
     def decompose(self, image: torch.Tensor):
         """[0, 1] image -> (lowest band scaled to [-1, 1], [LL_k / 2**k for k < K], [high_1..high_K])."""
-        x = image * 2 - 1
-        lls, highs = [x], []
-        for _ in range(self.config.levels):
-            ll, high = dwt2(lls[-1])
-            lls.append(ll)
-            highs.append(high)
-        scaled = [ll / (2 ** k) for k, ll in enumerate(lls)]
-        return scaled[-1], scaled, highs
+        return decompose(image, self.config.levels)
 
     def reconstruct(self, band: torch.Tensor, highs: list[torch.Tensor]) -> torch.Tensor:
         """Inverse of decompose with the given detail bands: -> [0, 1] image (not clamped)."""
