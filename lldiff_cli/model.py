@@ -35,6 +35,7 @@ from lldiff_cli import schedule as S
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.losses import ssim_torch, total_variation
 from lldiff_cli.networks import HFRM, AnchorNet, ExposureNet, Refiner, UNet
+from lldiff_cli.tiling import shrink
 from lldiff_cli.wavelet import dwt2, idwt2, waverec2
 
 PREDICTIONS = ("eps", "x0")
@@ -176,13 +177,7 @@ class WaveletDiffusion(nn.Module):
     def auto_exposure(self, image: torch.Tensor, max_side: int = 600) -> torch.Tensor:
         """The exposure estimate for a whole image (Nx3xHxW, [0, 1], any size), from a copy
         shrunk to at most ``max_side`` pixels a side: tiles of one photo share it."""
-        h, w = image.shape[-2:]
-        scale = min(1.0, max_side / max(h, w))
-        m = 2 ** self.config.levels
-        size = (max(m, round(h * scale / m) * m), max(m, round(w * scale / m) * m))
-        # MPS pools only to sizes that divide the input (pytorch#96056): shrink on the CPU there.
-        source = image.cpu() if image.device.type == "mps" else image
-        small = F.interpolate(source, size=size, mode="area").to(image.device)
+        small = shrink(image, max_side, 2 ** self.config.levels)
         return self.estimate_exposure(self.decompose(small)[0])
 
     def make_anchor(self, dark_band: torch.Tensor, exposure: torch.Tensor) -> Optional[torch.Tensor]:

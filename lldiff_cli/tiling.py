@@ -53,6 +53,17 @@ def tile_exposure(exposure: float, tile: torch.Tensor, image_mean: float) -> flo
     return min(0.99, max(0.01, exposure * share))
 
 
+def shrink(image: torch.Tensor, max_side: int, multiple: int = 1) -> torch.Tensor:
+    """NxCxHxW -> an area-averaged copy at most ``max_side`` pixels a side (a side rounded to a
+    multiple of ``multiple``, at least one), on the image's device; the image itself if it fits."""
+    h, w = image.shape[-2:]
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(multiple, round(h * scale / multiple) * multiple), max(multiple, round(w * scale / multiple) * multiple))
+    # MPS pools only to sizes that divide the input (pytorch#96056): shrink on the CPU there.
+    source = image.cpu() if image.device.type == "mps" else image
+    return F.interpolate(source, size=size, mode="area").to(image.device)
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad NxCxHxW at the bottom and right to multiples of ``multiple``; returns (padded, (H, W))."""
     h, w = x.shape[-2:]

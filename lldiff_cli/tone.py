@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from lldiff_cli.darken import srgb_to_linear
 from lldiff_cli.metrics import GREY_WEIGHTS
-from lldiff_cli.tiling import TILE_EXPOSURE_POWER
+from lldiff_cli.tiling import TILE_EXPOSURE_POWER, shrink
 
 # The figures' bands (issue 20): pixels already well exposed, and the shadows.
 WELL_EXPOSED = (0.6, 0.98)
@@ -313,9 +313,7 @@ def shown_exposure(image: torch.Tensor, exposure: float) -> float:
     (m / m_shown) ** TILE_EXPOSURE_POWER``, m the image's mean grey and m_shown that of the part
     the fusion shows of the model (weights 1 - w), at most SHOWN_CAP and never below
     ``exposure``. An image with nothing kept (LOL's) keeps ``exposure``."""
-    h, w = image.shape[-2:]
-    scale = min(1.0, SHOWN_SIDE / max(h, w))
-    small = F.interpolate(image.float(), size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+    small = shrink(image.float(), SHOWN_SIDE)
     y = grey(small)
     shown = 1 - highlight_weight(small)
     m, m_shown = float(y.mean()), float((y * shown).sum() / shown.sum().clamp(min=1e-6))
