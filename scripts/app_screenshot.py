@@ -37,8 +37,11 @@ def find_chromium() -> str | None:
 
 
 def open_browser(playwright, executable: str):
-    """Headless Chromium at ``executable``, in a fresh profile."""
-    return playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+    """Headless Chromium at ``executable``, in a fresh profile. Chromium puts a Unix socket under
+    TMPDIR, and such a path may be at most 107 bytes: under a long TMPDIR (some machines', CI's)
+    it aborts ("Socket path too long"), so it gets /tmp where there is one."""
+    env = {**os.environ, "TMPDIR": "/tmp"} if os.path.isdir("/tmp") else None
+    return playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS, env=env)
 
 
 def enhance_in_page(page, url: str, photo: Path, download_dir: Path, timeout_s: float = 120) -> tuple[Path, str]:

@@ -128,7 +128,9 @@ def test_app_help_imports_neither_torch_nor_gradio():
     code = ("import sys\nfrom lldiff_cli.cli import app\n"
             "try:\n    app(['app', '--help'], prog_name='lldiff')\nexcept SystemExit:\n    pass\n"
             "print('LOADED', sorted(m for m in ('torch', 'gradio') if m in sys.modules))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # The help's layout follows the console's width; a wide one keeps option names whole on any machine.
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert "--max-megapixels" in done.stdout and 'pip install "lldiff[app]"' in done.stdout
     assert done.stdout.split("LOADED")[1].strip() == "[]"
 
