@@ -34,7 +34,7 @@ from torch import nn
 from lldiff_cli import schedule as S
 from lldiff_cli.errors import LldiffError
 from lldiff_cli.losses import ssim_torch, total_variation
-from lldiff_cli.networks import HFRM, AnchorNet, ExposureNet, Refiner, UNet
+from lldiff_cli.networks import HFRM, AnchorNet, Refiner, UNet, exposure_estimator
 from lldiff_cli.tiling import shrink
 from lldiff_cli.wavelet import dwt2, idwt2, waverec2
 
@@ -132,7 +132,7 @@ class WaveletDiffusion(nn.Module):
         hfrm_args = {k: tuple(v) if isinstance(v, list) else v for k, v in config.hfrm.items()}
         self.hfrms = nn.ModuleList([HFRM(image_channels=c, guide_channels=2 * c, **hfrm_args)
                                     for _ in range(config.levels)])
-        self.exposure_net = ExposureNet(channels=c, **config.exposure)
+        self.exposure_net = exposure_estimator(channels=c, **config.exposure)
         self.refiner = Refiner(channels=c, **config.refiner) if config.refiner is not None else None
         self.schedule = S.make_schedule(**config.schedule)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lldiff_cli.calibrate import fit_exposure
-from lldiff_cli.networks.exposure import ExposureNet
+from lldiff_cli.networks.exposure import ExposureEnsemble, ExposureNet, estimators, exposure_estimator
 
 
 def scene(seed: int, h: int = 24, w: int = 32) -> torch.Tensor:
@@ -40,3 +40,17 @@ def test_fit_exposure_learns_each_scenes_brightness():
         fit_exposure(net, bands, targets[:3])
     with pytest.raises(ValueError, match="jitter must be in"):
         fit_exposure(net, bands, targets, jitter=1.0)
+
+
+def test_an_ensemble_estimate_is_its_members_geometric_mean():
+    torch.manual_seed(0)
+    ensemble = exposure_estimator(members=3, width=4, grid=(2, 2))
+    assert isinstance(ensemble, ExposureEnsemble) and ensemble.grid == (2, 2) and len(estimators(ensemble)) == 3
+    band = scene(1)
+    each = torch.stack([m(band) for m in estimators(ensemble)])
+    assert len(set(each.flatten().tolist())) == 3  # members start apart
+    assert torch.allclose(ensemble(band), each.log().mean(0).exp())
+    single = exposure_estimator(width=4)
+    assert isinstance(single, ExposureNet) and estimators(single) == [single]
+    with pytest.raises(ValueError, match="members must be at least 1"):
+        exposure_estimator(members=0)
