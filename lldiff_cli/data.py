@@ -20,6 +20,7 @@ import json
 import os
 import re
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,19 +239,40 @@ def split_by_blocks(names: list[str], val_fraction: float, block: int) -> tuple[
     return train_idx, val_idx
 
 
-def split_singles(names: list[str], indices: list[int], count: int) -> tuple[list[int], list[int]]:
+def split_singles(names: list[str], indices: list[int], count: int,
+                  keep: Collection[str] = ()) -> tuple[list[int], list[int]]:
     """(rest, singles): ``count`` single images of ``indices`` held out, evenly spread over their
     natural order, the way LOL's test pairs were taken from its scene sequences: each held-out
     image keeps its neighbours (shots of the same scene) in training, so a model is scored on
-    scenes it has seen, as on the benchmark (the block split asks for new scenes instead)."""
+    scenes it has seen, as on the benchmark (the block split asks for new scenes instead).
+    Names in ``keep`` are never held out (:func:`benchmark_neighbours`)."""
     order = sorted(indices, key=lambda i: _natural(names[i]))
     if count <= 0:
         return order, []
-    if 2 * count > len(order):
-        raise LldiffError(f"cannot hold out {count} single images of {len(order)}: "
+    candidates = [i for i in order if names[i] not in set(keep)]
+    if 2 * count > len(candidates):
+        raise LldiffError(f"cannot hold out {count} single images of {len(candidates)}: "
                           "each needs a neighbour left in training")
-    picks = {int((k + 0.5) * len(order) / count) for k in range(count)}
-    return [i for j, i in enumerate(order) if j not in picks], [order[j] for j in sorted(picks)]
+    picks = {candidates[int((k + 0.5) * len(candidates) / count)] for k in range(count)}
+    return [i for i in order if i not in picks], [i for i in order if i in picks]
+
+
+# The names of a layout's test pairs where they are single shots taken out of its training
+# split's scene sequences (LOL's eval15: numbers missing from our485's numbering, whose
+# neighbours are shots of the same scenes).
+SCENE_TEST_NAMES: dict[str, tuple[str, ...]] = {
+    "LOL": ("1", "22", "23", "55", "79", "111", "146", "179", "493", "547", "665", "669", "748", "778", "780"),
+}
+
+
+def benchmark_neighbours(layout: str, names: list[str]) -> set[str]:
+    """The names among ``names`` next to a test pair of ``layout`` (n - 1 and n + 1 of each
+    numeric test name): the shots of the benchmark's scenes. The singles split leaves them in
+    training, as the benchmark's own training split has them, so that what a model learns of
+    those scenes (their brightness above all) is what it will have when scored on the benchmark."""
+    tests = SCENE_TEST_NAMES.get(next((k for k in SCENE_TEST_NAMES if k.lower() == layout.lower()), ""), ())
+    near = {str(int(t) + d) for t in tests for d in (-1, 1)}
+    return {n for n in names if n in near}
 
 
 def _natural(name: str) -> list:

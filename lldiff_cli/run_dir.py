@@ -121,13 +121,21 @@ def _remove_if_empty(folder: Path) -> None:
 def start_run(cfg: TrainConfig, data: TrainData) -> None:
     """Write the run's record in out_dir (held: :func:`hold_out_dir`): config.yaml, unless it
     says ``cfg`` already (a config kept there, or a resumed run's own: then it stays as it is,
-    comments and all), and split.json (the held-out names)."""
+    comments and all), and split.json (the held-out names). A resumed run (last.pt there) must
+    hold out the names its split.json lists, e.g. not other ones after the split's rules changed."""
     from lldiff_cli.atomic import atomic_write
 
     out_dir = Path(cfg.out_dir)
+    split = out_dir / "split.json"
+    if (out_dir / "last.pt").is_file() and split.is_file():  # resumed: hold out what the run held out
+        record = json.loads(split.read_text())
+        if set(record.get("val", [])) != set(data.val_names) or set(record.get("singles", [])) != set(data.val_singles):
+            raise LldiffError(f"{split}: this run held out other pairs than the data and lldiff's split give now "
+                              "(its validation would score pairs it trained on); resume it with the lldiff that "
+                              "began it, or start a new run")
     if not _says(out_dir / "config.yaml", cfg):
         dump_yaml(to_dict(cfg), out_dir / "config.yaml")
-    with atomic_write(out_dir / "split.json") as tmp:
+    with atomic_write(split) as tmp:
         tmp.write_text(json.dumps({"val": data.val_names, "singles": data.val_singles}, indent=1) + "\n")
 
 

@@ -47,7 +47,7 @@ class TrainData:
 
 def load_training_data(cfg: TrainConfig) -> TrainData:
     """Find, split and decode the configured data (data.py resolves every paired layout)."""
-    from lldiff_cli.data import load_dataset, split_by_blocks, split_singles
+    from lldiff_cli.data import benchmark_neighbours, load_dataset, split_by_blocks, split_singles
     from lldiff_cli.images import list_images
 
     d, out = cfg.data, TrainData()
@@ -68,7 +68,8 @@ def load_training_data(cfg: TrainConfig) -> TrainData:
             raise LldiffError(f"no image pairs in {dataset.description}")
         names = [p.name for p in dataset.pairs]
         train_idx, val_idx = split_by_blocks(names, d.val_fraction, d.val_block)
-        train_idx, singles = split_singles(names, train_idx, d.val_singles)
+        train_idx, singles = split_singles(names, train_idx, d.val_singles,
+                                           keep=benchmark_neighbours(d.layout, names))
         out.val_singles = [names[i] for i in singles]
         val_idx += singles
         held = set(val_idx)

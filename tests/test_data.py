@@ -135,6 +135,18 @@ def test_split_singles_spreads_single_images_and_keeps_their_neighbours():
         D.split_singles(names, list(range(20)), 11)
 
 
+def test_split_singles_leaves_the_benchmarks_scenes_in_training():
+    names = [str(i) for i in range(2, 42) if i not in (22, 23)]  # a training split without the test pairs
+    keep = D.benchmark_neighbours("lol", names)  # LOL's eval15 names 1, 22 and 23 fall in 1..41
+    assert keep == {"2", "21", "24"}
+    rest, singles = D.split_singles(names, list(range(38)), 4, keep=keep)
+    assert not keep & {names[i] for i in singles} and len(singles) == 4
+    assert sorted(rest + singles) == list(range(38))
+    assert D.benchmark_neighbours("LOLv2-real", names) == set()
+    with pytest.raises(LldiffError, match="cannot hold out 4 single images of 6"):
+        D.split_singles(names[:10], list(range(10)), 4, keep=set(names[:4]))
+
+
 def test_run_split_reads_the_runs_held_out_names(tmp_path):
     pairs = [D.Pair(name, tmp_path / f"{name}.png") for name in ("1", "2", "3")]
     (tmp_path / "split.json").write_text('{"val": ["2"]}')

@@ -512,6 +512,29 @@ def test_unusable_pairs_are_skipped_with_the_file_and_reason(tmp_path):
     assert len(data.pairs) + len(data.val_pairs) == 6
 
 
+def test_a_resumed_run_must_hold_out_what_it_held_out_before(tmp_path):
+    import json
+
+    from lldiff_cli.run_dir import start_run
+
+    lolv2_real_tree(tmp_path / "root", n=8)
+    cfg = tiny_cfg(tmp_path, "data.layout=LOLv2-real", f"data.root={tmp_path / 'root'}", "data.photos=null",
+                   "data.val_block=2", "data.val_fraction=0.25", "data.val_singles=2", "optim.max_steps=2")
+    data = load_training_data(cfg)
+    run_train(cfg, data)
+    start_run(cfg, data)  # as `lldiff train` does before its first step, and again on --resume
+    split = tmp_path / "run" / "split.json"
+    record = json.loads(split.read_text())
+    record["singles"] = ["1", "3"]  # as if the split's rules had changed since the run began
+    split.write_text(json.dumps(record))
+    with pytest.raises(LldiffError, match="split.json: this run held out other pairs"):
+        start_run(cfg, data)
+    assert json.loads(split.read_text())["singles"] == ["1", "3"]  # left as it was
+    record["singles"] = ["4", "1"]
+    split.write_text(json.dumps(record))
+    start_run(cfg, data)
+
+
 def test_kept_train_state_resumes(tmp_path):
     """scripts/default_model.py keep: the committed training state (bf16 optimiser moments) resumes."""
     default_model = load_script("scripts/default_model.py")
