@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from lldiff_cli.darken import random_pair, seed_for
 from lldiff_cli.errors import ImageReadError, LldiffError
+from lldiff_cli.tiling import shrink
 from lldiff_cli.train_config import NO_PAIRS, DataConfig, TrainConfig
 
 PHOTOS = "photos/"  # how a held-out darkened photo's name starts in TrainData.val_names
@@ -131,10 +131,8 @@ def _too_small(image: torch.Tensor, crop: int) -> str:
 
 def _as_uint8(rgb: torch.Tensor, max_side: int = 0) -> torch.Tensor:
     """1x3xHxW [0, 1] -> uint8 3xHxW, shrunk (area average) to ``max_side`` when larger."""
-    h, w = rgb.shape[-2:]
-    if max_side and max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        rgb = F.interpolate(rgb, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+    if max_side and max(rgb.shape[-2:]) > max_side:
+        rgb = shrink(rgb, max_side)
     return (rgb[0] * 255).round().to(torch.uint8)
 
 
