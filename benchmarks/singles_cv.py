@@ -2,7 +2,7 @@
 shots of seen scenes, over several folds of them instead of one set of 40.
 
     python benchmarks/singles_cv.py RUN --checkpoint default.pt [--folds 4] [--count 40] [--members 1,4]
-                                    [--shrink 0.5,0.75] [--iterations 1500] [--jitter 0.1]
+                                    [--shrink 0.5,0.75] [--spread 0.27] [--iterations 1500] [--jitter 0.1]
 
 RUN is a `lldiff train` run folder on LOL (config.yaml, split.json). Fold k of K holds out 40
 (``--count``) single pairs spread over the numbering at its own offset (never one of the run's blocks, never a
@@ -10,7 +10,8 @@ neighbour of an eval15 name: data.benchmark_neighbours); the checkpoint's body g
 estimator (6x8 cells, `scripts/default_model.py calibrate`'s fit) of each ``--members`` count,
 fitted on every other pair outside the blocks, and is scored on the fold as `lldiff enhance`
 runs it (2 steps x 4 copies, spread 0.27, prior 0.44: the checkpoint's sampler with those
-exposure settings) for each ``--shrink``, and at the constant prior (shrink 0). One JSON line per
+exposure settings) for each ``--shrink`` (and ``--spread``, when several are given), and at the
+constant prior (shrink 0, the first spread). One JSON line per
 fold and setting, then the means over all K x 40 images. The body is the checkpoint's: if it
 trained on these pairs, their structure (GT-mean) is optimistic, but the brightness part is
 honest, and the comparison between settings is fair.
@@ -22,6 +23,7 @@ campaign's first split, 22.72 on the second), as much as the settings being comp
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -65,7 +67,7 @@ def main() -> None:
     parser.add_argument("--members", default="1,4", help="estimator sizes to compare")
     parser.add_argument("--shrink", default="0.5,0.75", help="auto exposure = prior + shrink * (estimate - prior)")
     parser.add_argument("--prior", type=float, default=0.44)
-    parser.add_argument("--spread", type=float, default=0.27)
+    parser.add_argument("--spread", default="0.27", help="the copies' exposure spread(s), comma-separated")
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--jitter", type=float, default=0.1)
     parser.add_argument("--count", type=int, default=COUNT, help="singles per fold")
@@ -73,6 +75,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     members = [int(m) for m in args.members.split(",")]
     shrinks = [float(s) for s in args.shrink.split(",")]
+    spreads = [float(s) for s in args.spread.split(",")]
     split = json.loads((args.run / "split.json").read_text()) if (args.run / "split.json").is_file() else None
     if split is None:
         raise LldiffError(f"{args.run} is not a training run folder (no split.json)")
@@ -94,7 +97,7 @@ def main() -> None:
         held_set = set(held)
         train = [by_name[n] for n in by_name if n not in blocks and n not in held_set]
         test = [by_name[n] for n in held]
-        base = default_model.sampler_model(payload, steps=2, ensemble=4, exposure_spread=args.spread,
+        base = default_model.sampler_model(payload, steps=2, ensemble=4, exposure_spread=spreads[0],
                                            exposure_prior=args.prior, exposure_shrink=0.0)
         record("constant", f, default_model.score(base, test, settings))
         for m in members:
@@ -102,9 +105,10 @@ def main() -> None:
             fitted = default_model.calibrate(base, train, grid=(6, 8), members=m, iterations=args.iterations,
                                              jitter=args.jitter)
             fit_s = time.perf_counter() - start
-            for s in shrinks:
-                fitted.config = replace(fitted.config, exposure_shrink=s).validate()
-                record(f"members {m} shrink {s}", f, default_model.score(fitted, test, settings) | {"fit_s": fit_s})
+            for s, spread in itertools.product(shrinks, spreads):
+                fitted.config = replace(fitted.config, exposure_shrink=s, exposure_spread=spread).validate()
+                label = f"members {m} shrink {s}" + (f" spread {spread}" if len(spreads) > 1 else "")
+                record(label, f, default_model.score(fitted, test, settings) | {"fit_s": fit_s})
     for label, results in rows.items():
         n = sum(r["n"] for r in results)
         means = {k: sum(r[k] * r["n"] for r in results) / n for k in ("psnr", "ssim", "psnr_gtmean", "ssim_gtmean")}

@@ -40,3 +40,15 @@ def test_the_benchmark_scores_each_fold_and_pools_them(tmp_path, monkeypatch, ca
     assert pooled["constant"]["images"] == 4
     mean = (per_fold[0]["psnr"] + per_fold[2]["psnr"]) / 2
     assert abs(pooled["constant"]["psnr"] - mean) < 1e-3
+
+
+def test_several_spreads_are_scored_on_one_fit(tmp_path, monkeypatch, capsys, exposure_aware_model):
+    run = make_run_folder(tmp_path, [str(i) for i in range(1, 9)], {"val": []}, size=(32, 32), dim=10)
+    save_checkpoint(exposure_aware_model, run / "default.pt")
+    monkeypatch.setattr(sys, "argv", ["singles_cv.py", str(run), "--folds", "1", "--count", "2", "--members", "1",
+                                      "--shrink", "1", "--spread", "0,0.5", "--iterations", "2"])
+    singles_cv.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"fold"' in line]
+    assert [r["setting"] for r in rows] == ["constant", "members 1 shrink 1.0 spread 0.0",
+                                            "members 1 shrink 1.0 spread 0.5"]
+    assert rows[1]["fit_s"] == rows[2]["fit_s"] and rows[1]["psnr"] != rows[2]["psnr"]
