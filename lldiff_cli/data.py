@@ -249,7 +249,8 @@ def split_singles(names: list[str], indices: list[int], count: int,
     order = sorted(indices, key=lambda i: _natural(names[i]))
     if count <= 0:
         return order, []
-    candidates = [i for i in order if names[i] not in set(keep)]
+    keep = set(keep)
+    candidates = [i for i in order if names[i] not in keep]
     if 2 * count > len(candidates):
         raise LldiffError(f"cannot hold out {count} single images of {len(candidates)}: "
                           "each needs a neighbour left in training")
@@ -270,7 +271,7 @@ def benchmark_neighbours(layout: str, names: list[str]) -> set[str]:
     numeric test name): the shots of the benchmark's scenes. The singles split leaves them in
     training, as the benchmark's own training split has them, so that what a model learns of
     those scenes (their brightness above all) is what it will have when scored on the benchmark."""
-    tests = SCENE_TEST_NAMES.get(next((k for k in SCENE_TEST_NAMES if k.lower() == layout.lower()), ""), ())
+    tests = {k.lower(): v for k, v in SCENE_TEST_NAMES.items()}.get(layout.lower(), ())
     near = {str(int(t) + d) for t in tests for d in (-1, 1)}
     return {n for n in names if n in near}
 
