@@ -37,12 +37,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import default_model  # noqa: E402  (scripts/default_model.py: calibrate, score)
 
-from lldiff_cli.checkpoints import load_checkpoint, model_from_checkpoint  # noqa: E402
+from lldiff_cli.checkpoints import load_checkpoint  # noqa: E402
 from lldiff_cli.data import _natural, benchmark_neighbours  # noqa: E402
 from lldiff_cli.device import pick_precision  # noqa: E402
 from lldiff_cli.enhance import EnhanceSettings  # noqa: E402
 from lldiff_cli.errors import LldiffError, run_script  # noqa: E402
-from lldiff_cli.images import read_image  # noqa: E402
 
 COUNT = 40  # singles per fold, as data.val_singles in the LOL config
 
@@ -76,17 +75,17 @@ def main() -> None:
     members = [int(m) for m in args.members.split(",")]
     shrinks = [float(s) for s in args.shrink.split(",")]
     spreads = [float(s) for s in args.spread.split(",")]
-    split = json.loads((args.run / "split.json").read_text()) if (args.run / "split.json").is_file() else None
-    if split is None:
-        raise LldiffError(f"{args.run} is not a training run folder (no split.json)")
-    blocks = set(split["val"]) - set(split.get("singles", []))
-    training, cfg = default_model.run_pairs(args.run, held_out=False)
-    everything = training + default_model.run_pairs(args.run)[0]
+    training, cfg = default_model.run_pairs(args.run, held_out=False)  # LldiffError without split.json
+    block_pairs = default_model.run_pairs(args.run, part="blocks")[0]
+    everything = training + block_pairs + default_model.run_pairs(args.run, part="singles")[0]
+    blocks = {name for name, _, _ in block_pairs}
     layout = str((cfg.get("data") or {}).get("layout", "LOL"))
     by_name = {name: (name, low, high) for name, low, high in everything}
     payload = load_checkpoint(args.run / args.checkpoint)
     precision = pick_precision("auto", torch.device("cpu"))
     settings = EnhanceSettings(precision=precision)
+    base = default_model.sampler_model(payload, steps=2, ensemble=4, exposure_spread=spreads[0],
+                                       exposure_prior=args.prior, exposure_shrink=0.0)
     rows: dict[str, list[dict]] = {}
 
     def record(label: str, fold: int, result: dict) -> None:
@@ -97,8 +96,6 @@ def main() -> None:
         held_set = set(held)
         train = [by_name[n] for n in by_name if n not in blocks and n not in held_set]
         test = [by_name[n] for n in held]
-        base = default_model.sampler_model(payload, steps=2, ensemble=4, exposure_spread=spreads[0],
-                                           exposure_prior=args.prior, exposure_shrink=0.0)
         record("constant", f, default_model.score(base, test, settings))
         for m in members:
             start = time.perf_counter()

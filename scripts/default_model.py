@@ -53,6 +53,7 @@ from lldiff_cli.calibrate import fit_exposure
 from lldiff_cli.atomic import atomic_write
 from lldiff_cli.checkpoints import (DEFAULT_MODEL_NAME, SAMPLER_KEYS, load_checkpoint, model_from_checkpoint,
                                     save_checkpoint, sha256_of)
+from lldiff_cli.config import load_yaml
 from lldiff_cli.data import layout_dirs
 from lldiff_cli.data import run_pairs as data_run_pairs
 from lldiff_cli.device import pick_precision
@@ -71,7 +72,7 @@ def run_pairs(run: Path, held_out: bool = True, every: int = 1, limit: int = 0,
     """(name, low, high) tensors of the run's held-out pairs (or of its training pairs): every
     ``every``-th, the first ``limit`` of those (0: all); only those are read. ``part``: all the
     held-out pairs ("val"), or those held out in blocks ("blocks") or as singles ("singles")."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = load_yaml(run / "config.yaml", "run's config.yaml")  # an LldiffError naming it when missing
     pairs = data_run_pairs(run, held_out, part)[::every][: limit or None]
     loaded = [(p.name, read_image(p.low).rgb, read_image(p.high).rgb) for p in pairs]
     return loaded, cfg
