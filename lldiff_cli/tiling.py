@@ -55,7 +55,8 @@ def tile_exposure(exposure: float, tile: torch.Tensor, image_mean: float) -> flo
 
 def shrink(image: torch.Tensor, max_side: int, multiple: int = 1) -> torch.Tensor:
     """NxCxHxW -> an area-averaged copy at most ``max_side`` pixels a side (a side rounded to a
-    multiple of ``multiple``, at least one), on the image's device; the image itself if it fits."""
+    multiple of ``multiple``, at least one), on the image's device; an image that fits comes back at
+    its own size (rounded to the multiple), as a copy."""
     h, w = image.shape[-2:]
     scale = min(1.0, max_side / max(h, w))
     size = (max(multiple, round(h * scale / multiple) * multiple), max(multiple, round(w * scale / multiple) * multiple))
