@@ -3,16 +3,19 @@
     python benchmarks/oracle_parts.py [--dataset LOL --root data --split train] [--run RUN [--held-out]]
                                       [--model CARD_OR_CKPT] [--steps 2] [--limit N]
 
-For every pair, the model's output is scored (plain PSNR / SSIM, lldiff_cli.metrics) four ways,
-each with one more part taken from the ground truth:
+For every pair, the model's output is scored (plain PSNR / SSIM, lldiff_cli.metrics) five ways,
+each with parts taken from the ground truth:
 
   auto exposure      the model as `lldiff enhance` runs it, but one copy (no mirrored copies)
   true brightness    the ground truth's mean grey as the exposure (what --exposure can give)
-  + true details     ... and the ground truth's wavelet detail bands in place of the HFRM's
-  + true low band    ... and the ground truth's low band in place of the diffusion's (HFRM kept)
+  + true finest      ... and the ground truth's finest detail bands (level 1, half resolution)
+                     in place of that HFRM's; the coarser levels' stay the model's
+  + true details     ... and all the ground truth's wavelet detail bands in place of the HFRMs'
+  + true low band    ... and the ground truth's low band in place of the diffusion's (HFRMs kept)
 
 The gap from the first to the second row is what not knowing the brightness costs; the third
-and fourth rows bound what a better HFRM or a better low-band diffusion could give. Images are
+to fifth rows bound what a better finest HFRM, better HFRMs or a better low-band diffusion
+could give. Images are
 padded to the model's multiple (as `lldiff enhance` does) and never tiled; seed 0. A model with a
 refiner runs it on every row's image, as `lldiff enhance` does.
 """
@@ -33,13 +36,14 @@ from lldiff_cli.tiling import pad_to_multiple, unpad
 
 import pairs as pairs_options  # benchmarks/pairs.py, beside this script
 
-ROWS = ("auto exposure", "true brightness", "+ true details", "+ true low band")
+ROWS = ("auto exposure", "true brightness", "+ true finest", "+ true details", "+ true low band")
 
 
 @torch.no_grad()
-def outputs(model, low: torch.Tensor, high: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
-    """The four outputs of the module docstring for one 1x3xHxW pair, [0, 1], unpadded."""
-    (dark, size), (bright, _) = pad_to_multiple(low, model.multiple), pad_to_multiple(high, model.multiple)
+def rebuilt(model, low: torch.Tensor, high: torch.Tensor, steps: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The rows' images as the wavelet bands rebuild them (padded to the model's multiple, before
+    the refiner and any clamping), and the padded dark input the refiner takes beside them."""
+    dark, bright = pad_to_multiple(low, model.multiple)[0], pad_to_multiple(high, model.multiple)[0]
     band, lls, highs = model.decompose(dark)
     band_true, _, highs_true = model.decompose(bright)
     exposure = high.mean().reshape(1)
@@ -49,12 +53,23 @@ def outputs(model, low: torch.Tensor, high: torch.Tensor, steps: int) -> dict[st
         return model.restore_band(band, e, steps=steps, eta=model.config.eta, generator=generator)
 
     auto, true = restored_band(model.estimate_exposure(band)), restored_band(exposure)
+    details = model.restore_details(true, lls, highs)
     images = {
         ROWS[0]: model.reconstruct(auto, model.restore_details(auto, lls, highs)),
-        ROWS[1]: model.reconstruct(true, model.restore_details(true, lls, highs)),
-        ROWS[2]: model.reconstruct(true, highs_true),
-        ROWS[3]: model.reconstruct(band_true, model.restore_details(band_true, lls, highs)),
+        ROWS[1]: model.reconstruct(true, details),
+        ROWS[2]: model.reconstruct(true, highs_true[:1] + details[1:]),
+        ROWS[3]: model.reconstruct(true, highs_true),
+        ROWS[4]: model.reconstruct(band_true, model.restore_details(band_true, lls, highs)),
     }
+    return images, dark
+
+
+@torch.no_grad()
+def outputs(model, low: torch.Tensor, high: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
+    """The outputs of the module docstring for one 1x3xHxW pair, [0, 1], unpadded: :func:`rebuilt`'s
+    images refined (a model with a refiner), clamped and cropped back to the pair's size."""
+    images, dark = rebuilt(model, low, high, steps)
+    size = tuple(low.shape[-2:])
     return {name: unpad(model.refine(image, dark).clamp(0, 1), size) for name, image in images.items()}
 
 
