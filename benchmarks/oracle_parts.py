@@ -15,9 +15,8 @@ each with parts taken from the ground truth:
 
 The gap from the first to the second row is what not knowing the brightness costs; the third
 to fifth rows bound what a better finest HFRM, better HFRMs or a better low-band diffusion
-could give. Images are
-padded to the model's multiple (as `lldiff enhance` does) and never tiled; seed 0. A model with a
-refiner runs it on every row's image, as `lldiff enhance` does.
+could give. Images are padded to the model's multiple (as `lldiff enhance` does) and never
+tiled; seed 0. A model with a refiner runs it on every row's image, as `lldiff enhance` does.
 """
 
 from __future__ import annotations

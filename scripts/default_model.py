@@ -154,7 +154,7 @@ def keep(run: Path, dest: Path) -> None:
         for key in ("exp_avg", "exp_avg_sq"):
             if key in moments:
                 moments[key] = moments[key].to(torch.bfloat16)
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = load_yaml(run / "config.yaml", "run's config.yaml")
     config["out_dir"] = f"runs/{dest.name}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))

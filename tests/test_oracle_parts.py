@@ -19,7 +19,6 @@ def test_rows_are_the_model_with_ground_truth_parts(tiny_model):
         torch.testing.assert_close(out[oracle_parts.ROWS[row]], oracle_parts.unpad(expected, size))
 
 
-
 def test_finest_row_takes_only_the_finest_detail_bands_from_the_ground_truth(tiny_model):
     """'+ true finest' is 'true brightness' with level 1's bands the ground truth's: the same
     image halved (level 1's low band), the ground truth's finest detail; '+ true details' differs."""
