@@ -116,6 +116,8 @@ def _train(cfg, data, device, rank, world, resume, run, log, on_step, stop) -> d
         step, best_psnr, history = _resume(out / "last.pt", cfg.model, model, ema, opt, scaler, device)
     if init_record and main:
         log(init_record)
+        if data.val_pairs:  # where the fine-tune starts from: later validations are read against it
+            log(scored(cfg, data, ema.state, device, 0)[1])
     if cfg.compile:
         model.unet.compile()  # in place: the state_dict keys stay those of the plain UNet
     trainer: nn.Module = LossStep(model)
@@ -195,18 +197,14 @@ def _train(cfg, data, device, rank, world, resume, run, log, on_step, stop) -> d
                 history.append({"step": step, "loss": means["loss"]})
                 log(last)
             if data.val_pairs and (step % cfg.val_every == 0 or step == cfg.optim.max_steps):
-                scores, gtmean = validate(cfg.model, ema.state, data.val_pairs, device, limit=cfg.val_images)
-                psnr = sum(scores) / len(scores)
+                psnr, record = scored(cfg, data, ema.state, device, step)
                 history.append({"step": step, "val_psnr": psnr})
                 last = {**last, "step": step, "val_psnr": psnr}
                 if psnr > best_psnr:
                     best_psnr = psnr
                     checkpoint("best.pt")
                 write_curve(history, out / "curve.png")
-                log({"step": step, "val_psnr": psnr, "best_psnr": best_psnr,
-                     **val_groups(data.val_names, scores, data.val_singles),
-                     "val_psnr_gtmean": sum(gtmean) / len(gtmean),
-                     **val_groups(data.val_names, gtmean, data.val_singles, "val_psnr_gtmean")})
+                log({**record, "best_psnr": best_psnr})
             if step % cfg.ckpt_every == 0:
                 checkpoint("last.pt")
     finally:
@@ -218,6 +216,16 @@ def _train(cfg, data, device, rank, world, resume, run, log, on_step, stop) -> d
         check_replicas(model, ema, world, device)
         dist.barrier()  # the checkpoint is on disk before any process exits
     return {**last, "step": step, "best_psnr": best_psnr}
+
+
+def scored(cfg, data, state: dict, device: torch.device, step: int) -> tuple[float, dict]:
+    """Validation of the weights ``state`` at ``step``: (mean PSNR, the log record: PSNR and
+    GT-mean PSNR, over all held-out pairs and per kind of held-out pair)."""
+    scores, gtmean = validate(cfg.model, state, data.val_pairs, device, limit=cfg.val_images)
+    psnr = sum(scores) / len(scores)
+    return psnr, {"step": step, "val_psnr": psnr, **val_groups(data.val_names, scores, data.val_singles),
+                  "val_psnr_gtmean": sum(gtmean) / len(gtmean),
+                  **val_groups(data.val_names, gtmean, data.val_singles, "val_psnr_gtmean")}
 
 
 def _resume(path: Path, model_cfg: ModelConfig, model: nn.Module, ema: EMA, opt, scaler, device) -> tuple:

@@ -473,6 +473,10 @@ def test_a_refiner_grows_on_a_trained_model_and_trains_alone(tmp_path):
     run_train(grown, data, on_log=logs.append)
     init = next(r for r in logs if "init" in r)
     assert init["fresh"] and all(k.startswith("refiner.") for k in init["fresh"])
+    # The weights it starts from are validated before the first step (the baseline of the fine-tune).
+    start = logs[logs.index(init) + 1]
+    assert start["step"] == 0 and "best_psnr" not in start
+    assert start["val_psnr"] != next(r for r in logs if "val_psnr" in r and r["step"] > 0)["val_psnr"]
     after = load_checkpoint(tmp_path / "grown" / "last.pt")["state_dict"]
     assert all(torch.equal(after[k], v) for k, v in trained.items()), "all but the refiner stay as trained"
     assert after["refiner.head.weight"].abs().sum() > 0, "the refiner learns (its head starts at zero)"
