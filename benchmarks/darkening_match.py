@@ -19,9 +19,9 @@ The same ground truths are then darkened as ``lldiff train`` darkens ``data.phot
 with the ``--alpha/--beta/--gamma`` ranges, sensor noise with the ``--gain/--read-noise`` ranges,
 rounded to 8 bits) and measured alike. The table gives each statistic's median and 10th / 90th
 percentiles for both: choose the ranges that make the columns agree, then pass them to
-``lldiff darken`` or to a training config's ``data.darken``. On LOL our485 (every other pair, ``--every 2``),
-``--beta 0.08,0.45 --gamma 1.4,2.8 --gain 2e-5,1e-4 --read-noise 2e-4,1e-3`` match its tone
-and noise; the defaults (the papers' ranges) are darker and about twice as noisy.
+``lldiff darken`` or to a training config's ``data.darken``. On LOL our485 (every other pair,
+``--every 2``), ``--beta 0.08,0.45 --gamma 1.4,2.8 --gain 2e-5,1e-4 --read-noise 2e-4,1e-3``
+match its tone and noise; the defaults (the papers' ranges) are darker and three times as noisy.
 """
 
 from __future__ import annotations
