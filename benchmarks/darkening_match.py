@@ -34,6 +34,7 @@ import torch
 from lldiff_cli.darken import LvRanges, NoiseRanges, random_pair
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
+from lldiff_cli.train_data import quantize
 
 import pairs as pairs_options  # benchmarks/pairs.py, beside this script
 
@@ -85,8 +86,8 @@ def darken_like_training(high: np.ndarray, generator: torch.Generator, lv: LvRan
                          noise: NoiseRanges | None) -> np.ndarray:
     """``high`` (HxWx3, [0, 1]) darkened as ``lldiff train`` darkens a photo, rounded to 8 bits."""
     batch = torch.from_numpy(np.ascontiguousarray(high.transpose(2, 0, 1)))[None].float()
-    low = random_pair(batch, generator, mode="lv", ranges=lv, noise=noise)
-    return ((low.clamp(0, 1) * 255).round() / 255)[0].permute(1, 2, 0).double().numpy()
+    low = quantize(random_pair(batch, generator, mode="lv", ranges=lv, noise=noise))
+    return low[0].permute(1, 2, 0).double().numpy()
 
 
 def summary(values: list[float]) -> str:

@@ -102,7 +102,7 @@ def load_training_data(cfg: TrainConfig) -> TrainData:
                 # The held-out photos get a fixed darkening: the same validation pairs at every validation.
                 high = item[None].float() / 255
                 gen = torch.Generator().manual_seed(seed_for(cfg.seed, f"val/{name}"))
-                low = _quantize(random_pair(high, gen, mode=d.darken.mode, ranges=d.darken.lv_ranges(),
+                low = quantize(random_pair(high, gen, mode=d.darken.mode, ranges=d.darken.lv_ranges(),
                                             factor=d.darken.factor, noise=d.darken.noise_ranges()))
                 out.val_pairs.append(((low[0] * 255).round().to(torch.uint8), item))
                 out.val_names.append(f"{PHOTOS}{name}")
@@ -159,7 +159,7 @@ def _read_training_pair(pair, max_side: int = 0):
     return _as_uint8(low, max_side), _as_uint8(high, max_side)
 
 
-def _quantize(x: torch.Tensor) -> torch.Tensor:
+def quantize(x: torch.Tensor) -> torch.Tensor:
     """Round to 8-bit levels: a synthetic input then looks like one read from a file at inference."""
     return (x.clamp(0, 1) * 255).round() / 255
 
@@ -212,7 +212,7 @@ def make_batch(data: TrainData, cfg: DataConfig, seed: int, step: int, rank: int
         (high,) = random_batch([(p,) for p in data.photos], n_photos, cfg.crop, gen)
         dk = cfg.darken
         low = random_pair(high, gen, mode=dk.mode, ranges=dk.lv_ranges(), factor=dk.factor, noise=dk.noise_ranges())
-        lows.append(_quantize(low))
+        lows.append(quantize(low))
         highs.append(high)
     return torch.cat(lows), torch.cat(highs)
 
