@@ -2,6 +2,7 @@
 a run's training pairs, scored on its two held-out parts.
 
     python benchmarks/brightness.py RUN [--grids none,6x8] [--jitter 0,0.15] [--iterations 600]
+                                        [--seeds 4] [--maps 4 --map-iterations 3000]
 
 RUN is a `lldiff train` run folder (config.yaml for the data, split.json for the held-out
 names: "singles", LOL's protocol, scenes seen in training; "blocks", new scenes). For each
@@ -10,6 +11,9 @@ lldiff_cli.calibrate.fit_exposure on whole training images) and for the constant
 training targets' mean), it prints per part the mean absolute error of log brightness and the
 PSNR of the ground truth itself rescaled to the estimate (clipped to [0, 1]): what the
 brightness alone costs a perfect image, an upper bound for a model driven by that estimate.
+With ``--maps K``, K ExposureMaps (fitted pixel by pixel to the ground truth's band by
+lldiff_cli.calibrate.fit_exposure_map, seeds 0..K-1) are scored alone, and each grid row again
+with them joined to its estimators (one geometric mean, as an ensemble with ``maps`` estimates).
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from lldiff_cli.calibrate import fit_exposure
+from lldiff_cli.calibrate import fit_exposure, fit_exposure_map
 from lldiff_cli.data import run_pairs
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
 from lldiff_cli.metrics import psnr
 from lldiff_cli.model import decompose
-from lldiff_cli.networks.exposure import ExposureNet
+from lldiff_cli.networks.exposure import ExposureMap, ExposureNet
 
 
 def low_band(image: torch.Tensor, levels: int = 2) -> torch.Tensor:
@@ -65,6 +69,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, default=1, help="estimators fitted from this many initialisations, "
                                                             "their log estimates averaged")
+    parser.add_argument("--maps", type=int, default=0, help="ExposureMaps fitted (seeds 0..maps-1), scored alone "
+                                                           "and joined to each grid row")
+    parser.add_argument("--map-iterations", type=int, default=3000)
     args = parser.parse_args()
     if not (args.run / "split.json").is_file():
         raise LldiffError(f"{args.run} is not a training run folder (no split.json)")
@@ -77,6 +84,27 @@ def main() -> None:
     prior = float(targets.mean())
     rows = [{"estimator": f"constant {prior:.4f}",
              **{part: scores(torch.full((len(items),), prior), items) for part, items in held.items()}}]
+    def logs_of(nets, items):  # N x len(items): each net's log estimates
+        with torch.no_grad():
+            return torch.stack([torch.cat([net(band[n]) for n, _, _ in items]).log() for net in nets])
+
+    def row(name, logs, **extra):  # logs: {"train" and each part: N x items}, estimates their geometric mean
+        return {"estimator": name, **extra, "train": scores(logs["train"].mean(0).exp(), train),
+                **{part: scores(logs[part].mean(0).exp(), items) for part, items in held.items()}}
+
+    groups = {"train": train, **held}
+    map_logs = None
+    if args.maps:
+        start = time.perf_counter()
+        truths = {name: (low_band(high) + 1) / 2 for name, _, high in train}
+        maps = []
+        for seed in range(args.maps):
+            torch.manual_seed(seed)
+            maps.append(ExposureMap(width=args.width))
+            fit_exposure_map(maps[-1], [band[n] for n, _, _ in train], [truths[n] for n, _, _ in train],
+                             iterations=args.map_iterations, seed=seed)
+        map_logs = {part: logs_of(maps, items) for part, items in groups.items()}
+        rows.append(row(f"maps x{args.maps}", map_logs, seconds=round(time.perf_counter() - start)))
     for grid in grids:
         for jitter in jitters:
             start = time.perf_counter()
@@ -86,17 +114,12 @@ def main() -> None:
                 nets.append(ExposureNet(width=args.width, grid=grid))
                 fit_exposure(nets[-1], [band[n] for n, _, _ in train], targets, iterations=args.iterations,
                              jitter=jitter, lr=args.lr, seed=seed)
-
-            def estimate(items):
-                with torch.no_grad():
-                    logs = [torch.cat([net(band[n]) for n, _, _ in items]).log() for net in nets]
-                return torch.stack(logs).mean(0).exp()
-
-            est = {part: estimate(items) for part, items in held.items()}
-            fit = estimate(train)
-            rows.append({"estimator": f"grid {grid} jitter {jitter} x{args.seeds}", "seconds": round(time.perf_counter() - start),
-                         "train": scores(fit, train),
-                         **{part: scores(est[part], items) for part, items in held.items()}})
+            logs = {part: logs_of(nets, items) for part, items in groups.items()}
+            name = f"grid {grid} jitter {jitter} x{args.seeds}"
+            rows.append(row(name, logs, seconds=round(time.perf_counter() - start)))
+            if map_logs is not None:
+                rows.append(row(f"{name} + maps x{args.maps}",
+                                {part: torch.cat([logs[part], map_logs[part]]) for part in groups}))
     for row in rows:
         print(json.dumps(row))
 

@@ -2,13 +2,15 @@
 shots of seen scenes, over several folds of them instead of one set of 40.
 
     python benchmarks/singles_cv.py RUN --checkpoint default.pt [--folds 4] [--count 40] [--members 1,4]
-                                    [--shrink 0.5,0.75] [--spread 0.27] [--iterations 1500] [--jitter 0.1]
+                                    [--maps 0,4] [--shrink 0.5,0.75] [--spread 0.27] [--iterations 1500]
+                                    [--jitter 0.1] [--only 0,2]
 
 RUN is a `lldiff train` run folder on LOL (config.yaml, split.json). Fold k of K holds out 40
 (``--count``) single pairs spread over the numbering at its own offset (never one of the run's blocks, never a
 neighbour of an eval15 name: data.benchmark_neighbours); the checkpoint's body gets a fresh grid
 estimator (6x8 cells, `scripts/default_model.py calibrate`'s fit) of each ``--members`` count,
-fitted on every other pair outside the blocks, and is scored on the fold as `lldiff enhance`
+fitted on every other pair outside the blocks (with ``--maps`` K, K ExposureMaps join each
+estimator: lldiff_cli.networks.exposure), and is scored on the fold as `lldiff enhance`
 runs it (2 steps x 4 copies, spread 0.27, prior 0.44: the checkpoint's sampler with those
 exposure settings) for each ``--shrink`` (and ``--spread``, when several are given), and at the
 constant prior (shrink 0, the first spread). One JSON line per
@@ -64,6 +66,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="default.pt", help="in RUN: the body to score")
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--members", default="1,4", help="estimator sizes to compare")
+    parser.add_argument("--maps", default="0", help="ExposureMaps joining each estimator, comma-separated counts")
+    parser.add_argument("--map-iterations", type=int, default=3000)
+    parser.add_argument("--only", default="", help="score only these folds (comma-separated, from 0), the rest "
+                                                   "still held out as in the full run; default all")
     parser.add_argument("--shrink", default="0.5,0.75", help="auto exposure = prior + shrink * (estimate - prior)")
     parser.add_argument("--prior", type=float, default=0.44)
     parser.add_argument("--spread", default="0.27", help="the copies' exposure spread(s), comma-separated")
@@ -73,6 +79,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     members = [int(m) for m in args.members.split(",")]
+    maps = [int(k) for k in args.maps.split(",")]
+    only = {int(f) for f in args.only.split(",")} if args.only else set(range(args.folds))
+    if not only <= set(range(args.folds)):
+        raise LldiffError(f"--only names folds outside 0..{args.folds - 1}: {args.only}")
     shrinks = [float(s) for s in args.shrink.split(",")]
     spreads = [float(s) for s in args.spread.split(",")]
     training, cfg = default_model.run_pairs(args.run, held_out=False)  # LldiffError without split.json
@@ -93,18 +103,21 @@ def main() -> None:
         print(json.dumps({"fold": fold, "setting": label, **{k: round(v, 4) for k, v in result.items()}}), flush=True)
 
     for f, held in enumerate(folds(list(by_name), blocks, args.folds, layout, count=args.count)):
+        if f not in only:
+            continue
         held_set = set(held)
         train = [by_name[n] for n in by_name if n not in blocks and n not in held_set]
         test = [by_name[n] for n in held]
         record("constant", f, default_model.score(base, test, settings))
-        for m in members:
+        for m, k in itertools.product(members, maps):
             start = time.perf_counter()
-            fitted = default_model.calibrate(base, train, grid=(6, 8), members=m, iterations=args.iterations,
-                                             jitter=args.jitter)
+            fitted = default_model.calibrate(base, train, grid=(6, 8), members=m, maps=k, iterations=args.iterations,
+                                             map_iterations=args.map_iterations, jitter=args.jitter)
             fit_s = time.perf_counter() - start
             for s, spread in itertools.product(shrinks, spreads):
                 fitted.config = replace(fitted.config, exposure_shrink=s, exposure_spread=spread).validate()
-                label = f"members {m} shrink {s}" + (f" spread {spread}" if len(spreads) > 1 else "")
+                label = (f"members {m}" + (f" maps {k}" if k else "") + f" shrink {s}"
+                         + (f" spread {spread}" if len(spreads) > 1 else ""))
                 record(label, f, default_model.score(fitted, test, settings) | {"fit_s": fit_s})
     for label, results in rows.items():
         n = sum(r["n"] for r in results)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from lldiff_cli.networks.exposure import ExposureMap
 
 
 def fit_exposure(net: nn.Module, bands: list[torch.Tensor], targets: torch.Tensor, *, iterations: int = 300,
@@ -25,33 +28,77 @@ def fit_exposure(net: nn.Module, bands: list[torch.Tensor], targets: torch.Tenso
     """
     if not bands or len(bands) != len(targets):
         raise ValueError(f"need one target per band, got {len(bands)} bands and {len(targets)} targets")
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def loss(group, views):
+        return ((net(views[0]).log() - targets[group].log()) ** 2).sum()
+
+    return _fit(net, opt, None, [bands], loss, iterations=iterations, batch=batch, jitter=jitter, seed=seed)
+
+
+def fit_exposure_map(net: ExposureMap, bands: list[torch.Tensor], truths: list[torch.Tensor], *,
+                     iterations: int = 3000, batch: int = 16, lr: float = 1e-3, jitter: float = 0.1,
+                     seed: int = 0) -> list[float]:
+    """Fit an ExposureMap pixel by pixel: each dark band (1x3xhxw in [-1, 1]) to the ground truth's
+    band of the same size in [0, 1] (``truths``), by the mean absolute error of the log levels
+    (the truth averaged down to the map's resolution, floored at 1/255) plus the squared error of
+    the log of the mean, the number the estimate is. AdamW with a one-cycle learning rate peaking
+    at ``lr``, gradients clipped at norm 1; crops and mirrors as :func:`fit_exposure`."""
+    if not bands or len(bands) != len(truths):
+        raise ValueError(f"need one truth per band, got {len(bands)} bands and {len(truths)} truths")
+    for band, truth in zip(bands, truths):
+        if band.shape != truth.shape:
+            raise ValueError(f"a truth must be its band's size, got {tuple(truth.shape)} for {tuple(band.shape)}")
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=iterations, pct_start=0.1)
+
+    def loss(group, views):
+        dark, truth = views
+        predicted = net.log_map(dark)
+        truth = F.adaptive_avg_pool2d(truth, predicted.shape[-2:])
+        pixels = (predicted - truth.clamp(min=1 / 255).log()).abs().mean(dim=(1, 2, 3))
+        mean = predicted.exp().mean(dim=(1, 2, 3)).log() - truth.mean(dim=(1, 2, 3)).log()
+        return (pixels + mean ** 2).sum()
+
+    return _fit(net, opt, schedule, [bands, truths], loss, iterations=iterations, batch=batch, jitter=jitter,
+                seed=seed, clip=1.0)
+
+
+def _fit(net: nn.Module, opt, schedule, images: list[list[torch.Tensor]], loss, *, iterations: int, batch: int,
+         jitter: float, seed: int, clip: float | None = None) -> list[float]:
+    """The loop both fits share: ``batch`` random images a draw (index lists into ``images``, the
+    aligned tensors of each image), the same random crop keeping at least 1 - ``jitter`` of each
+    side for all of a draw's images of one size, every other draw mirrored; ``loss(group, views)``
+    sums over a group of one size. Returns each iteration's mean loss."""
     if not 0 <= jitter < 1:
         raise ValueError(f"jitter must be in [0, 1), got {jitter}")
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    first = images[0]
     net.train()
     losses = []
     for it in range(iterations):
-        idx = torch.randint(len(bands), (batch,), generator=gen).tolist()
+        idx = torch.randint(len(first), (batch,), generator=gen).tolist()
         keep = 1 - jitter * float(torch.rand((), generator=gen))
         same: dict[tuple, list[int]] = {}
         for i in idx:
-            same.setdefault(tuple(bands[i].shape), []).append(i)
-        loss = torch.zeros(())
+            same.setdefault(tuple(first[i].shape), []).append(i)
+        total = torch.zeros(())
         for shape, group in same.items():
             h, w = shape[-2:]
             ch, cw = max(1, round(h * keep)), max(1, round(w * keep))
-            views = []
-            for i in group:
-                y = int(torch.randint(h - ch + 1, (), generator=gen))
-                x = int(torch.randint(w - cw + 1, (), generator=gen))
-                views.append(bands[i][..., y:y + ch, x:x + cw])
-            x = torch.cat(views)
-            x = x.flip(-1) if it % 2 else x
-            loss = loss + ((net(x).log() - targets[group].log()) ** 2).sum() / len(idx)
+            corners = [(int(torch.randint(h - ch + 1, (), generator=gen)), int(torch.randint(w - cw + 1, (), generator=gen)))
+                       for _ in group]
+            views = [torch.cat([kind[i][..., y:y + ch, x:x + cw] for i, (y, x) in zip(group, corners)])
+                     for kind in images]
+            views = [v.flip(-1) if it % 2 else v for v in views]
+            total = total + loss(group, views) / len(idx)
         opt.zero_grad()
-        loss.backward()
+        total.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
-        losses.append(float(loss.detach()))
+        if schedule is not None:
+            schedule.step()
+        losses.append(float(total.detach()))
     net.eval()
     return losses

@@ -49,7 +49,7 @@ import torch
 import yaml
 
 from lldiff_cli import metrics as M
-from lldiff_cli.calibrate import fit_exposure
+from lldiff_cli.calibrate import fit_exposure, fit_exposure_map
 from lldiff_cli.atomic import atomic_write
 from lldiff_cli.checkpoints import (DEFAULT_MODEL_NAME, SAMPLER_KEYS, load_checkpoint, model_from_checkpoint,
                                     save_checkpoint, sha256_of)
@@ -61,7 +61,7 @@ from lldiff_cli.enhance import EnhanceSettings, enhance_image
 from lldiff_cli.errors import LldiffError, run_script
 from lldiff_cli.images import read_image
 from lldiff_cli.model import WaveletDiffusion
-from lldiff_cli.networks import estimators
+from lldiff_cli.networks import ExposureMap, estimators
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("singles", "blocks")  # --on's held-out parts, named as data.run_split names them
@@ -79,32 +79,45 @@ def run_pairs(run: Path, held_out: bool = True, every: int = 1, limit: int = 0,
 
 
 def calibrate(model: WaveletDiffusion, pairs, *, grid: Optional[tuple[int, int]] = None, members: Optional[int] = None,
-              iterations: int = 300, jitter: float = 0.0, seed: int = 0) -> WaveletDiffusion:
+              maps: Optional[int] = None, iterations: int = 300, map_iterations: int = 3000, jitter: float = 0.0,
+              seed: int = 0) -> WaveletDiffusion:
     """The model with its exposure estimator refitted on whole images (the ground truth's mean grey,
-    :func:`lldiff_cli.calibrate.fit_exposure`); with a ``grid`` or a number of ``members``, a fresh
-    estimator of that kind (a grid one can recognise the training scenes; members are fitted one by
-    one, from seeds ``seed``, ``seed + 1``, ...) replaces the one it had. The rest of the weights are kept."""
+    :func:`lldiff_cli.calibrate.fit_exposure`; an ExposureMap member to the ground truth's band,
+    :func:`lldiff_cli.calibrate.fit_exposure_map`, for ``map_iterations``); with a ``grid``, a number
+    of ``members`` or of ``maps``, a fresh estimator of that kind (a grid one can recognise the
+    training scenes; members are fitted one by one, from seeds ``seed``, ``seed + 1``, ...)
+    replaces the one it had. The rest of the weights are kept."""
     from lldiff_cli.tiling import pad_to_multiple
 
-    if grid is not None or members is not None:
+    if grid is not None or members is not None or maps is not None:
         exposure = dict(model.config.exposure)
         if grid is not None:
             exposure["grid"] = list(grid)
         if members is not None:
             exposure["members"] = members
+        if maps is not None:
+            exposure["maps"] = maps
         config = replace(model.config, exposure=exposure)
         torch.manual_seed(seed)
         fresh = WaveletDiffusion(config)
         kept = {k: v for k, v in model.state_dict().items() if not k.startswith("exposure_net.")}
         fresh.load_state_dict({**fresh.state_dict(), **kept}, strict=True)
         model = fresh
+
+    def band(image):
+        return model.decompose(pad_to_multiple(image, 2 ** model.levels)[0])[0]
+
     with torch.no_grad():
-        bands = [model.decompose(pad_to_multiple(low, 2 ** model.levels)[0])[0] for _, low, _ in pairs]
+        bands = [band(low) for _, low, _ in pairs]
+        truths = [(band(high) + 1) / 2 for _, _, high in pairs] if model.config.exposure.get("maps") else []
     targets = torch.tensor([float(high.mean()) for _, _, high in pairs])
     grid_net = model.config.exposure.get("grid") is not None
     for k, net in enumerate(estimators(model.exposure_net)):  # members: each its own draws
-        fit_exposure(net, bands, targets, iterations=iterations, jitter=jitter, seed=seed + k,
-                     lr=2e-3 if grid_net else 1e-3)
+        if isinstance(net, ExposureMap):
+            fit_exposure_map(net, bands, truths, iterations=map_iterations, seed=seed + k)
+        else:
+            fit_exposure(net, bands, targets, iterations=iterations, jitter=jitter, seed=seed + k,
+                         lr=2e-3 if grid_net else 1e-3)
     return model
 
 
@@ -230,7 +243,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=None,
                         help="calibrate: an estimator of this many members fitted from their own seeds, their "
                              "estimates' geometric mean (default: the model's own estimator)")
+    parser.add_argument("--maps", type=int, default=None,
+                        help="calibrate: this many ExposureMaps (the ground truth's brightness pixel by pixel) "
+                             "beside the members, in one geometric mean (default: the model's own)")
     parser.add_argument("--iterations", type=int, default=300, help="calibrate: fitting iterations")
+    parser.add_argument("--map-iterations", type=int, default=3000, help="calibrate: an ExposureMap's fitting iterations")
     parser.add_argument("--jitter", type=float, default=0.0, help="calibrate: crop jitter while fitting")
     parser.add_argument("--every", type=int, default=1, help="score every N-th pair")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
@@ -293,8 +310,8 @@ def write_calibrated(args: argparse.Namespace, payload: dict) -> None:
     with their mean estimate as the model's exposure_prior."""
     train_pairs, _ = run_pairs(args.run, held_out=False)
     grid = tuple(int(v) for v in args.grid.split("x")) if args.grid else None
-    model = calibrate(model_from_checkpoint(payload), train_pairs, grid=grid, members=args.members,
-                      iterations=args.iterations, jitter=args.jitter)
+    model = calibrate(model_from_checkpoint(payload), train_pairs, grid=grid, members=args.members, maps=args.maps,
+                      iterations=args.iterations, map_iterations=args.map_iterations, jitter=args.jitter)
     with torch.no_grad():  # the prior: the mean estimate over the training images
         estimates = [float(model.auto_exposure(low)) for _, low, _ in train_pairs]
     model.config = replace(model.config, exposure_prior=round(sum(estimates) / len(estimates), 4))

@@ -31,3 +31,16 @@ def test_the_benchmark_reports_the_prior_and_each_estimator_on_both_parts(tmp_pa
     for row in rows:
         assert row["singles"]["log_error"] >= 0 and row["blocks"]["log_error"] >= 0
     assert "x2" in rows[1]["estimator"] and rows[1]["train"]["log_error"] >= 0
+
+
+def test_maps_are_scored_alone_and_joined_to_each_grid_row(tmp_path, monkeypatch, capsys):
+    run = make_run_folder(tmp_path, [str(i) for i in range(1, 9)],
+                          {"val": ["7", "8", "3"], "singles": ["3"]}, size=(32, 32), dim=10)
+    monkeypatch.setattr(sys, "argv", ["brightness.py", str(run), "--grids", "2x2", "--jitter", "0",
+                                      "--iterations", "3", "--width", "4", "--maps", "2", "--map-iterations", "3"])
+    brightness.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["estimator"] for r in rows] == ["constant " + rows[0]["estimator"].split()[1], "maps x2",
+                                              "grid (2, 2) jitter 0.0 x1", "grid (2, 2) jitter 0.0 x1 + maps x2"]
+    for part in ("train", "singles", "blocks"):  # the joint estimate lies between its groups' (geometric mean)
+        assert rows[3][part]["log_error"] <= max(rows[1][part]["log_error"], rows[2][part]["log_error"]) + 1e-4

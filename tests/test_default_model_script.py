@@ -147,13 +147,14 @@ def test_calibrate_with_a_grid_and_members_swaps_in_that_estimator_and_keeps_the
     from lldiff_cli.checkpoints import load_checkpoint, model_from_checkpoint
 
     monkeypatch.setattr(sys, "argv", ["default_model.py", "calibrate", str(run), "--grid", "2x3", "--members", "2",
-                                      "--iterations", "5", "--jitter", "0.1"])
+                                      "--maps", "1", "--iterations", "5", "--map-iterations", "5", "--jitter", "0.1"])
     default_model.main()
     assert "calibrated.pt" in capsys.readouterr().out
     before = model_from_checkpoint(load_checkpoint(run / "best.pt"))
     after = model_from_checkpoint(load_checkpoint(run / "calibrated.pt"))
     assert after.config.exposure["grid"] == [2, 3] and after.exposure_net.grid == (2, 3)
-    assert after.config.exposure["members"] == 2 and len(after.exposure_net.members) == 2
+    assert after.config.exposure["members"] == 2 and after.config.exposure["maps"] == 1
+    assert [type(m).__name__ for m in after.exposure_net.members] == ["ExposureNet", "ExposureNet", "ExposureMap"]
     mine = after.state_dict()
     for key, value in before.state_dict().items():
         if not key.startswith("exposure_net."):

@@ -52,3 +52,21 @@ def test_several_spreads_are_scored_on_one_fit(tmp_path, monkeypatch, capsys, ex
     assert [r["setting"] for r in rows] == ["constant", "members 1 shrink 1.0 spread 0.0",
                                             "members 1 shrink 1.0 spread 0.5"]
     assert rows[1]["fit_s"] == rows[2]["fit_s"] and rows[1]["psnr"] != rows[2]["psnr"]
+
+
+def test_maps_join_the_estimator_and_only_the_chosen_folds_are_scored(tmp_path, monkeypatch, capsys,
+                                                                      exposure_aware_model):
+    names = [str(i) for i in range(1, 15)]
+    run = make_run_folder(tmp_path, names, {"val": ["13", "14"]}, size=(32, 32), dim=10)
+    save_checkpoint(exposure_aware_model, run / "default.pt")
+    monkeypatch.setattr(sys, "argv", ["singles_cv.py", str(run), "--folds", "2", "--count", "2", "--members", "1",
+                                      "--maps", "0,1", "--shrink", "1", "--iterations", "2", "--map-iterations", "2",
+                                      "--only", "1"])
+    singles_cv.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"fold"' in line]
+    assert [(r["fold"], r["setting"]) for r in rows] == [(1, "constant"), (1, "members 1 shrink 1.0"),
+                                                          (1, "members 1 maps 1 shrink 1.0")]
+    assert rows[1]["psnr"] != rows[2]["psnr"]
+    monkeypatch.setattr(sys, "argv", ["singles_cv.py", str(run), "--folds", "2", "--only", "2"])
+    with pytest.raises(LldiffError, match="--only names folds outside 0..1: 2"):
+        singles_cv.main()

@@ -18,6 +18,14 @@ the band's own statistics).
 estimate is the geometric mean of theirs: one grid estimator's miss on a scene it was fitted on
 varies from seed to seed, and four of them averaged missed 7% less on held-out LOL shots of seen
 scenes (benchmarks/brightness.py --seeds; docs/lol-model.md).
+
+:class:`ExposureMap` predicts the ground truth's brightness where it is, not only its mean: a
+small encoder-decoder maps the dark band to the log grey levels of the ground truth's band at
+half its resolution (fitted pixel by pixel, lldiff_cli.calibrate.fit_exposure_map), and its
+estimate is that map's mean. Every pixel is a target, so it learns from 405 LOL pairs what a
+material or a lamp looks like lit, where a global estimator has one number per image to fit; it
+recognises seen scenes less and guesses new ones better, and an ensemble of grid estimators and
+maps beats either (docs/lol-model.md, session 16).
 """
 
 from __future__ import annotations
@@ -63,14 +71,52 @@ class ExposureNet(nn.Module):
         return log - log.mean(dim=(1, 2, 3), keepdim=True)
 
 
-class ExposureEnsemble(nn.Module):
-    """``members`` ExposureNets with the same arguments; their estimates' geometric mean."""
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.SiLU(), nn.Conv2d(cout, cout, 3, 1, 1), nn.SiLU())
 
-    def __init__(self, *, members: int, **kwargs):
+
+class ExposureMap(nn.Module):
+    """dark: NxCxHxW in [-1, 1] -> N estimates in (0, 1), the mean of :meth:`log_map`'s levels.
+
+    It reads the band's log levels both as they are and less the image's mean log (how dark the
+    shot is, and what is in it), down four stride-2 stages with the deepest one's global mean
+    added back everywhere (the whole scene's context), and up again with skip connections."""
+
+    def __init__(self, *, channels: int = 3, width: int = 16):
         super().__init__()
-        if members < 2:
-            raise ValueError(f"an ensemble needs at least 2 members, got {members}")
-        self.members = nn.ModuleList([ExposureNet(**kwargs) for _ in range(members)])
+        w = width
+        self.down = nn.ModuleList([_block(2 * channels, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2),
+                                   _block(2 * w, 4 * w, 2)])
+        self.context = nn.Linear(4 * w, 4 * w)
+        self.up = nn.ModuleList([_block(8 * w + 2 * w, 2 * w), _block(2 * w + 2 * w, 2 * w), _block(2 * w + w, w)])
+        self.out = nn.Conv2d(w, channels, 1)
+
+    def log_map(self, dark: torch.Tensor) -> torch.Tensor:
+        """Nx C x ceil(H/2) x ceil(W/2): the log of the ground truth's predicted levels in (0, 1)."""
+        log = torch.log(((dark + 1) / 2).clamp(min=1 / 255))
+        skips, x = [], torch.cat([log, log - log.mean(dim=(1, 2, 3), keepdim=True)], dim=1)
+        for stage in self.down:
+            x = stage(x)
+            skips.append(x)
+        x = torch.cat([x, self.context(x.mean(dim=(2, 3)))[:, :, None, None].expand_as(x)], dim=1)
+        for stage, skip in zip(self.up, reversed(skips[:-1])):
+            x = stage(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear"), skip], dim=1))
+        return F.logsigmoid(self.out(x) + 1)  # levels below 1; +1 starts them near 0.5
+
+    def forward(self, dark: torch.Tensor) -> torch.Tensor:
+        return self.log_map(dark).exp().mean(dim=(1, 2, 3))
+
+
+class ExposureEnsemble(nn.Module):
+    """``members`` ExposureNets with the same arguments and ``maps`` ExposureMaps of ``map_width``;
+    their estimates' geometric mean."""
+
+    def __init__(self, *, members: int, maps: int = 0, map_width: int = 16, channels: int = 3, **kwargs):
+        super().__init__()
+        if members + maps < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {members + maps}")
+        self.members = nn.ModuleList([ExposureNet(channels=channels, **kwargs) for _ in range(members)]
+                                     + [ExposureMap(channels=channels, width=map_width) for _ in range(maps)])
 
     @property
     def grid(self) -> tuple[int, int] | None:
@@ -80,14 +126,18 @@ class ExposureEnsemble(nn.Module):
         return torch.stack([m(dark).log() for m in self.members]).mean(dim=0).exp()
 
 
-def exposure_estimator(*, members: int = 1, **kwargs) -> nn.Module:
-    """The estimator a model's ``exposure`` config describes: one ExposureNet (``members`` 1) or
-    an ExposureEnsemble of ``members``."""
+def exposure_estimator(*, members: int = 1, maps: int = 0, map_width: int = 16, **kwargs) -> nn.Module:
+    """The estimator a model's ``exposure`` config describes: one ExposureNet (``members`` 1, no
+    ``maps``) or an ExposureEnsemble of ``members`` ExposureNets and ``maps`` ExposureMaps."""
     if members < 1:
         raise ValueError(f"exposure members must be at least 1, got {members}")
-    return ExposureNet(**kwargs) if members == 1 else ExposureEnsemble(members=members, **kwargs)
+    if maps < 0:
+        raise ValueError(f"exposure maps must be at least 0, got {maps}")
+    if members == 1 and maps == 0:
+        return ExposureNet(**kwargs)
+    return ExposureEnsemble(members=members, maps=maps, map_width=map_width, **kwargs)
 
 
-def estimators(net: nn.Module) -> list[ExposureNet]:
+def estimators(net: nn.Module) -> list[nn.Module]:
     """The single estimators inside ``net`` (itself, or an ensemble's members), to fit one by one."""
     return list(net.members) if isinstance(net, ExposureEnsemble) else [net]
