@@ -4,7 +4,8 @@ Training sees crops; the estimator is asked, at inference, for the brightness of
 (shrunk to at most 600 pixels a side, :meth:`WaveletDiffusion.auto_exposure`). So once the rest
 of a model is trained, its estimator is refitted here on whole training images: the low band of
 each dark image in, the ground truth's mean grey out (squared error of the log, so that a miss
-by a factor counts the same at every brightness). Pure: tensors in, the network's weights
+by a factor counts the same at every brightness); an ExposureMap member is fitted to the ground
+truth's band pixel by pixel (:func:`fit_exposure_map`). Pure: tensors in, the network's weights
 updated in place; the caller picks the images (scripts/default_model.py calibrate).
 """
 
