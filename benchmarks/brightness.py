@@ -84,11 +84,12 @@ def main() -> None:
     prior = float(targets.mean())
     rows = [{"estimator": f"constant {prior:.4f}",
              **{part: scores(torch.full((len(items),), prior), items) for part, items in held.items()}}]
+
     def logs_of(nets, items):  # N x len(items): each net's log estimates
         with torch.no_grad():
             return torch.stack([torch.cat([net(band[n]) for n, _, _ in items]).log() for net in nets])
 
-    def row(name, logs, **extra):  # logs: {"train" and each part: N x items}, estimates their geometric mean
+    def scored_row(name, logs, **extra):  # logs: {"train" and each part: N x items}, estimates their geometric mean
         return {"estimator": name, **extra, "train": scores(logs["train"].mean(0).exp(), train),
                 **{part: scores(logs[part].mean(0).exp(), items) for part, items in held.items()}}
 
@@ -104,7 +105,7 @@ def main() -> None:
             fit_exposure_map(maps[-1], [band[n] for n, _, _ in train], [truths[n] for n, _, _ in train],
                              iterations=args.map_iterations, seed=seed)
         map_logs = {part: logs_of(maps, items) for part, items in groups.items()}
-        rows.append(row(f"maps x{args.maps}", map_logs, seconds=round(time.perf_counter() - start)))
+        rows.append(scored_row(f"maps x{args.maps}", map_logs, seconds=round(time.perf_counter() - start)))
     for grid in grids:
         for jitter in jitters:
             start = time.perf_counter()
@@ -116,9 +117,9 @@ def main() -> None:
                              jitter=jitter, lr=args.lr, seed=seed)
             logs = {part: logs_of(nets, items) for part, items in groups.items()}
             name = f"grid {grid} jitter {jitter} x{args.seeds}"
-            rows.append(row(name, logs, seconds=round(time.perf_counter() - start)))
+            rows.append(scored_row(name, logs, seconds=round(time.perf_counter() - start)))
             if map_logs is not None:
-                rows.append(row(f"{name} + maps x{args.maps}",
+                rows.append(scored_row(f"{name} + maps x{args.maps}",
                                 {part: torch.cat([logs[part], map_logs[part]]) for part in groups}))
     for row in rows:
         print(json.dumps(row))

@@ -247,7 +247,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="calibrate: this many ExposureMaps (the ground truth's brightness pixel by pixel) "
                              "beside the members, in one geometric mean (default: the model's own)")
     parser.add_argument("--iterations", type=int, default=300, help="calibrate: fitting iterations")
-    parser.add_argument("--map-iterations", type=int, default=3000, help="calibrate: an ExposureMap's fitting iterations")
+    parser.add_argument("--map-iterations", type=int, default=3000,
+                        help="calibrate: an ExposureMap's fitting iterations "
+                        "(its crop jitter is fit_exposure_map's 0.1, whatever --jitter)")
     parser.add_argument("--jitter", type=float, default=0.0, help="calibrate: crop jitter while fitting")
     parser.add_argument("--every", type=int, default=1, help="score every N-th pair")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N pairs")
