@@ -60,6 +60,14 @@ def folds(names: list[str], blocks: set[str], k: int, layout: str = "LOL", count
     return [[candidates[int((j + (f + 0.5) / k) * step)] for j in range(count)] for f in range(k)]
 
 
+def integers(text: str, option: str) -> list[int]:
+    """'1,4' -> [1, 4]; anything else is an LldiffError naming the option."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise LldiffError(f"{option} takes comma-separated whole numbers, got {text!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
@@ -78,9 +86,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=COUNT, help="singles per fold")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
-    members = [int(m) for m in args.members.split(",")]
-    maps = [int(k) for k in args.maps.split(",")]
-    only = {int(f) for f in args.only.split(",")} if args.only else set(range(args.folds))
+    members, maps = integers(args.members, "--members"), integers(args.maps, "--maps")
+    only = set(integers(args.only, "--only")) if args.only else set(range(args.folds))
     if not only <= set(range(args.folds)):
         raise LldiffError(f"--only names folds outside 0..{args.folds - 1}: {args.only}")
     shrinks = [float(s) for s in args.shrink.split(",")]

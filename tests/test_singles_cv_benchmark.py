@@ -70,3 +70,6 @@ def test_maps_join_the_estimator_and_only_the_chosen_folds_are_scored(tmp_path, 
     monkeypatch.setattr(sys, "argv", ["singles_cv.py", str(run), "--folds", "2", "--only", "2"])
     with pytest.raises(LldiffError, match="--only names folds outside 0..1: 2"):
         singles_cv.main()
+    monkeypatch.setattr(sys, "argv", ["singles_cv.py", str(run), "--maps", "0,x"])
+    with pytest.raises(LldiffError, match="--maps takes comma-separated whole numbers, got '0,x'"):
+        singles_cv.main()
