@@ -67,6 +67,8 @@ def test_maps_join_an_ensemble_after_its_grid_members():
     assert isinstance(exposure_estimator(members=1, maps=1, map_width=4, width=4), ExposureEnsemble)
     with pytest.raises(ValueError, match="maps must be at least 0"):
         exposure_estimator(maps=-1)
+    with pytest.raises(ValueError, match="members must be at least 1"):  # maps alone would have no grid
+        ExposureEnsemble(members=0, maps=2, map_width=4)
 
 
 def test_an_exposure_map_reads_any_size_and_its_estimate_is_its_maps_mean():

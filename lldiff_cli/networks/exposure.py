@@ -108,11 +108,15 @@ class ExposureMap(nn.Module):
 
 
 class ExposureEnsemble(nn.Module):
-    """``members`` ExposureNets with the same arguments and ``maps`` ExposureMaps of ``map_width``;
-    their estimates' geometric mean."""
+    """``members`` ExposureNets with the same arguments (at least one: the first one's ``grid`` is
+    the ensemble's) and ``maps`` ExposureMaps of ``map_width``; their estimates' geometric mean."""
 
     def __init__(self, *, members: int, maps: int = 0, map_width: int = 16, channels: int = 3, **kwargs):
         super().__init__()
+        if members < 1:
+            raise ValueError(f"exposure members must be at least 1, got {members}")
+        if maps < 0:
+            raise ValueError(f"exposure maps must be at least 0, got {maps}")
         if members + maps < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {members + maps}")
         self.members = nn.ModuleList([ExposureNet(channels=channels, **kwargs) for _ in range(members)]
@@ -129,10 +133,6 @@ class ExposureEnsemble(nn.Module):
 def exposure_estimator(*, members: int = 1, maps: int = 0, map_width: int = 16, **kwargs) -> nn.Module:
     """The estimator a model's ``exposure`` config describes: one ExposureNet (``members`` 1, no
     ``maps``) or an ExposureEnsemble of ``members`` ExposureNets and ``maps`` ExposureMaps."""
-    if members < 1:
-        raise ValueError(f"exposure members must be at least 1, got {members}")
-    if maps < 0:
-        raise ValueError(f"exposure maps must be at least 0, got {maps}")
     if members == 1 and maps == 0:
         return ExposureNet(**kwargs)
     return ExposureEnsemble(members=members, maps=maps, map_width=map_width, **kwargs)
