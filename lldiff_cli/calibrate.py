@@ -70,8 +70,8 @@ def _fit(net: nn.Module, opt, schedule, images: list[list[torch.Tensor]], loss, 
     """The loop both fits share: ``batch`` random images a draw (index lists into ``images``, the
     aligned tensors of each image), cropped alike (one crop size a draw, keeping at least
     1 - ``jitter`` of each side; each image its own corner, shared by its aligned tensors), every
-    other draw mirrored; ``loss(group, views)``
-    sums over a group of one size. Returns each iteration's mean loss."""
+    other draw mirrored; ``loss(group, views)`` sums over a group of one size. Returns each
+    iteration's mean loss."""
     if not 0 <= jitter < 1:
         raise ValueError(f"jitter must be in [0, 1), got {jitter}")
     gen = torch.Generator().manual_seed(seed)
